@@ -1,0 +1,273 @@
+"""The challenge folder layout (DESIGN.md §3) read into typed records, with the problems found."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from project.data.classes import (
+    BIRADS_CLASSES,
+    FEATURE_TASKS,
+    UnknownClassFolder,
+    match_class_folder,
+)
+from project.fileio import numeric_order_key
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
+CONFIG_FILE = "dataset.yaml"
+
+Box = tuple[float, float, float, float]
+"""A YOLO box: centre x, centre y, width, height, normalised to [0, 1]."""
+
+
+@dataclass
+class Sample:
+    """One image and what is known about it; None means unknown."""
+
+    path: Path
+    label: int | None = None
+    box: Box | None = None
+    features: dict[str, int | None] = field(default_factory=dict)
+    group: str | None = None
+    fold: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with one file of a dataset."""
+
+    path: Path
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.kind}: {self.detail}"
+
+
+@dataclass
+class Scan:
+    samples: list[Sample] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class DatasetConfig:
+    """`dataset.yaml` at the dataset root; every field is optional.
+
+    `metadata` names a CSV (relative to the root) with an `image` column holding file
+    names; `group_column` and `fold_column` name its patient and official-fold columns,
+    and every other column is kept in `Sample.extra`.
+    """
+
+    classes: tuple[str, ...] = BIRADS_CLASSES
+    tasks: tuple[str, ...] = FEATURE_TASKS
+    metadata: str | None = None
+    group_column: str | None = None
+    fold_column: str | None = None
+
+
+class LabelError(ValueError):
+    """A label file that cannot be parsed; the message names the file and line."""
+
+
+class NotADataset(ValueError):
+    """A folder that holds none of the challenge layout."""
+
+
+def load_config(root: Path) -> DatasetConfig:
+    path = Path(root) / CONFIG_FILE
+    if not path.is_file():
+        return DatasetConfig()
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = set(raw) - set(DatasetConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
+    for key in ("classes", "tasks"):
+        if key in raw:
+            raw[key] = tuple(str(v) for v in raw[key])
+    return DatasetConfig(**raw)
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Entries named like images (files or not: readers report the bad ones), numeric order."""
+    entries = [p for p in Path(folder).iterdir() if is_image_name(p) and not p.name.startswith(".")]
+    return sorted(entries, key=lambda p: numeric_order_key(p.name))
+
+
+def parse_label_file(path: Path) -> list[tuple[int, Box]]:
+    """Lines of `id cx cy w h`; blank lines are skipped, anything else malformed raises."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelError(f"{path}: cannot read label file ({exc})") from exc
+    entries = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            raise LabelError(f"{path}:{line_no}: expected 'id cx cy w h', got {line.strip()!r}")
+        try:
+            value = float(fields[0])
+            box = tuple(float(v) for v in fields[1:])
+        except ValueError as exc:
+            raise LabelError(f"{path}:{line_no}: non-numeric field in {line.strip()!r}") from exc
+        if value != int(value):
+            raise LabelError(f"{path}:{line_no}: id {fields[0]!r} is not an integer")
+        entries.append((int(value), box))
+    if not entries:
+        raise LabelError(f"{path}: empty label file")
+    return entries
+
+
+def _box_problem(path: Path, box: Box) -> Problem | None:
+    cx, cy, w, h = box
+    inside = 0 <= cx - w / 2 + 1e-6 and cx + w / 2 - 1e-6 <= 1 and 0 <= cy - h / 2 + 1e-6
+    if inside and cy + h / 2 - 1e-6 <= 1 and w > 0 and h > 0:
+        return None
+    return Problem(path, "box outside [0, 1]", f"cx={cx} cy={cy} w={w} h={h}")
+
+
+def _label_files(labels_dir: Path, image_stems: set[str], scan: Scan) -> dict[str, Path]:
+    """Label files by stem; those whose image is missing are reported."""
+    files = {p.stem: p for p in labels_dir.glob("*.txt")} if labels_dir.is_dir() else {}
+    for stem in sorted(set(files) - image_stems, key=numeric_order_key):
+        scan.problems.append(Problem(files[stem], "label without image", "no image has this stem"))
+    return files
+
+
+def _images(folder: Path) -> list[Path]:
+    return list_images(folder) if folder.is_dir() else []
+
+
+def scan_classification(split_dir: Path, classes: Sequence[str] = BIRADS_CLASSES) -> Scan:
+    """Read `split_dir/cla/<class folder>/images|labels`; the folder is the ground truth."""
+    scan = Scan()
+    cla_dir = Path(split_dir) / "cla"
+    if not cla_dir.is_dir():
+        return scan
+    for folder in sorted(p for p in cla_dir.iterdir() if p.is_dir()):
+        try:
+            label = match_class_folder(folder.name, classes)
+        except UnknownClassFolder as exc:
+            scan.problems.append(Problem(folder, "unknown class folder", str(exc)))
+            continue
+        images = _images(folder / "images")
+        label_files = _label_files(folder / "labels", {p.stem for p in images}, scan)
+        for image in images:
+            sample = Sample(path=image, label=label)
+            label_file = label_files.get(image.stem)
+            if label_file is None:
+                scan.problems.append(Problem(image, "image without label", "no label file"))
+            else:
+                _read_class_label(label_file, label, sample, scan)
+            scan.samples.append(sample)
+    return scan
+
+
+def _read_class_label(label_file: Path, label: int, sample: Sample, scan: Scan) -> None:
+    try:
+        entries = parse_label_file(label_file)
+    except LabelError as exc:
+        scan.problems.append(Problem(label_file, "bad label file", str(exc)))
+        return
+    ids = sorted({cls_id for cls_id, _ in entries})
+    if ids != [label + 1]:
+        scan.problems.append(
+            Problem(label_file, "class disagrees with folder", f"label id(s) {ids}, folder says {label + 1}")
+        )
+    sample.box = entries[0][1]
+    problem = _box_problem(label_file, sample.box)
+    if problem:
+        scan.problems.append(problem)
+
+
+def scan_features(split_dir: Path, tasks: Sequence[str] = FEATURE_TASKS) -> Scan:
+    """Read `split_dir/fea/images` and `<task>_labels`; a missing file leaves that task unknown."""
+    scan = Scan()
+    fea_dir = Path(split_dir) / "fea"
+    if not fea_dir.is_dir():
+        return scan
+    images = _images(fea_dir / "images")
+    image_stems = {p.stem for p in images}
+    per_task = {task: _label_files(fea_dir / f"{task}_labels", image_stems, scan) for task in tasks}
+    for image in images:
+        sample = Sample(path=image, features={task: None for task in tasks})
+        for task in tasks:
+            label_file = per_task[task].get(image.stem)
+            if label_file is not None:
+                _read_feature_label(label_file, task, sample, scan)
+        if all(v is None for v in sample.features.values()):
+            scan.problems.append(Problem(image, "image without label", "no feature label file"))
+        scan.samples.append(sample)
+    return scan
+
+
+def _read_feature_label(label_file: Path, task: str, sample: Sample, scan: Scan) -> None:
+    try:
+        entries = parse_label_file(label_file)
+    except LabelError as exc:
+        scan.problems.append(Problem(label_file, "bad label file", str(exc)))
+        return
+    values = {value for value, _ in entries}
+    if not values <= {0, 1}:
+        scan.problems.append(Problem(label_file, "bad label file", f"feature values {sorted(values)} not in {{0, 1}}"))
+        return
+    # Lines that disagree mean the feature is present somewhere (DESIGN.md §3).
+    sample.features[task] = max(values)
+    if sample.box is None:
+        sample.box = entries[0][1]
+        problem = _box_problem(label_file, sample.box)
+        if problem:
+            scan.problems.append(problem)
+
+
+def attach_metadata(samples: list[Sample], root: Path, config: DatasetConfig) -> None:
+    """Fill group, fold and extra columns from the metadata CSV named in the config."""
+    if not config.metadata:
+        return
+    path = Path(root) / config.metadata
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = {row["image"]: row for row in csv.DictReader(handle)}
+    for sample in samples:
+        row = rows.get(sample.path.name)
+        if row is None:
+            continue
+        if config.group_column:
+            sample.group = row[config.group_column]
+        if config.fold_column and row.get(config.fold_column, "") != "":
+            sample.fold = int(row[config.fold_column])
+        sample.extra = {k: v for k, v in row.items() if k not in ("image", config.group_column, config.fold_column)}
+
+
+def find_split(root: Path, split: str = "train") -> Path:
+    """`root/split` when it exists, else `root` itself when it holds `cla/` or `fea/`."""
+    root = Path(root)
+    for candidate in (root / split, root):
+        if (candidate / "cla").is_dir() or (candidate / "fea").is_dir():
+            return candidate
+    raise NotADataset(f"{root}: no {split}/cla, {split}/fea, cla/ or fea/ folder (see DESIGN.md §3)")
+
+
+def load_split(root: Path, split: str = "train", task: str = "cla") -> tuple[Scan, DatasetConfig]:
+    """Samples of one split for 'cla' (classification) or 'fea' (features), metadata attached."""
+    root = Path(root)
+    config = load_config(root)
+    split_dir = find_split(root, split)
+    if task == "cla":
+        scan = scan_classification(split_dir, config.classes)
+    elif task == "fea":
+        scan = scan_features(split_dir, config.tasks)
+    else:
+        raise ValueError(f"task must be 'cla' or 'fea', got {task!r}")
+    attach_metadata(scan.samples, root, config)
+    return scan, config

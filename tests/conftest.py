@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny hand-built dataset in the challenge layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_image(path: Path, seed: int, size: int = 32) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def write_label(path: Path, *lines: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """Two classification classes with odd folder names, three feature images, a flat testB."""
+    root = tmp_path / "data"
+    cla = root / "train" / "cla"
+    for folder, class_id, stems in (("2类", 1, ("1", "2")), ("4类a", 3, ("3",))):
+        for stem in stems:
+            write_image(cla / folder / "images" / f"{stem}.jpg", int(stem))
+            write_label(cla / folder / "labels" / f"{stem}.txt", f"{class_id} 0.5 0.5 0.2 0.3")
+    fea = root / "train" / "fea"
+    for stem, values in (("10", (0, 1, 0, 1)), ("11", (1, 0, 0, 0)), ("12", (0, 0, 1, 0))):
+        write_image(fea / "images" / f"{stem}.png", int(stem))
+        for task, value in zip(("boundary", "calcification", "direction", "shape"), values):
+            write_label(fea / f"{task}_labels" / f"{stem}.txt", f"{value} 0.4 0.5 0.2 0.2")
+    for stem in ("1", "2", "10"):
+        write_image(root / "testB" / "cla" / f"{stem}.jpg", 100 + int(stem))
+    return root
