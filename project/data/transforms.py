@@ -1,0 +1,173 @@
+"""Image preprocessing and augmentation: CutBlack, lesion-box CutMix, albumentations presets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from project.data.layout import Box
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+XYXY = tuple[float, float, float, float]
+"""A box as normalised (x_min, y_min, x_max, y_max)."""
+
+
+@dataclass
+class CutBlackConfig:
+    """A row or column is cut when more than `max_black_fraction` of it is at or below `threshold`."""
+
+    threshold: int = 10
+    max_black_fraction: float = 0.8
+
+
+@dataclass
+class Preprocess:
+    """Everything prediction must repeat exactly; stored in every checkpoint."""
+
+    img_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    cut_black: CutBlackConfig | None = field(default_factory=CutBlackConfig)
+    clahe: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Preprocess:
+        cut_black = raw.get("cut_black")
+        return cls(
+            img_size=int(raw["img_size"]),
+            mean=tuple(raw["mean"]),
+            std=tuple(raw["std"]),
+            cut_black=CutBlackConfig(**cut_black) if cut_black else None,
+            clahe=bool(raw.get("clahe", False)),
+        )
+
+
+def black_border_crop(image: np.ndarray, config: CutBlackConfig) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) bounds keeping the rows and columns that are not mostly black."""
+    grey = image.max(axis=2) if image.ndim == 3 else image
+    black = grey <= config.threshold
+    rows = np.flatnonzero(black.mean(axis=1) <= config.max_black_fraction)
+    cols = np.flatnonzero(black.mean(axis=0) <= config.max_black_fraction)
+    if rows.size == 0 or cols.size == 0:
+        return 0, image.shape[0], 0, image.shape[1]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def cut_black(image: np.ndarray, box: Box | None, config: CutBlackConfig) -> tuple[np.ndarray, Box | None]:
+    """Crop black borders (and the text strips on them); a YOLO box follows the crop."""
+    height, width = image.shape[:2]
+    top, bottom, left, right = black_border_crop(image, config)
+    cropped = image[top:bottom, left:right]
+    if box is None:
+        return cropped, None
+    cx, cy, w, h = box
+    new_h, new_w = bottom - top, right - left
+    return cropped, ((cx * width - left) / new_w, (cy * height - top) / new_h, w * width / new_w, h * height / new_h)
+
+
+def yolo_to_xyxy(box: Box) -> XYXY:
+    cx, cy, w, h = box
+    return (
+        float(np.clip(cx - w / 2, 0, 1)),
+        float(np.clip(cy - h / 2, 0, 1)),
+        float(np.clip(cx + w / 2, 0, 1)),
+        float(np.clip(cy + h / 2, 0, 1)),
+    )
+
+
+def _pixel_box(box: XYXY, height: int, width: int) -> tuple[int, int, int, int]:
+    x0, y0 = int(np.floor(box[0] * width)), int(np.floor(box[1] * height))
+    x1, y1 = int(np.ceil(box[2] * width)), int(np.ceil(box[3] * height))
+    return y0, max(y1, y0 + 1), x0, max(x1, x0 + 1)
+
+
+def paste_box(target: np.ndarray, target_box: XYXY, source: np.ndarray, source_box: XYXY) -> np.ndarray:
+    """Box CutMix: the source's box region resized into the target's box region (a copy)."""
+    ty0, ty1, tx0, tx1 = _pixel_box(target_box, *target.shape[:2])
+    sy0, sy1, sx0, sx1 = _pixel_box(source_box, *source.shape[:2])
+    patch = cv2.resize(source[sy0:sy1, sx0:sx1], (tx1 - tx0, ty1 - ty0), interpolation=cv2.INTER_LINEAR)
+    mixed = target.copy()
+    mixed[ty0:ty1, tx0:tx1] = patch.reshape(mixed[ty0:ty1, tx0:tx1].shape)
+    return mixed
+
+
+def random_box(rng: np.random.Generator, area_range: tuple[float, float] = (0.1, 0.4)) -> XYXY:
+    """A random rectangle of the given share of the image (CutMix where no lesion box is known)."""
+    area = rng.uniform(*area_range)
+    aspect = np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+    w, h = min(np.sqrt(area * aspect), 1.0), min(np.sqrt(area / aspect), 1.0)
+    x0, y0 = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+    return (x0, y0, x0 + w, y0 + h)
+
+
+def box_area(box: XYXY) -> float:
+    return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+
+
+@dataclass
+class AugmentConfig:
+    """The training augmentation preset; probabilities of 0 switch a step off."""
+
+    hflip: float = 0.5
+    vflip: float = 0.0
+    affine: float = 0.5
+    shift: float = 0.0625
+    scale: float = 0.1
+    rotate: float = 15.0
+    brightness_contrast: float = 0.5
+    blur: float = 0.2
+    coarse_dropout: float = 0.3
+    clahe: float = 0.0
+
+
+def build_augment(config: AugmentConfig, img_size: int) -> A.Compose:
+    """Geometric and photometric augmentation ending in a resize; boxes (normalised xyxy) follow."""
+    steps = [
+        A.Resize(img_size, img_size),
+        A.HorizontalFlip(p=config.hflip),
+        A.VerticalFlip(p=config.vflip),
+        A.Affine(
+            translate_percent=(-config.shift, config.shift),
+            scale=(1 - config.scale, 1 + config.scale),
+            rotate=(-config.rotate, config.rotate),
+            p=config.affine,
+        ),
+        A.RandomBrightnessContrast(p=config.brightness_contrast),
+        A.GaussianBlur(blur_limit=(3, 5), p=config.blur),
+        A.CLAHE(p=config.clahe),
+        A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15),
+                        hole_width_range=(0.05, 0.15), p=config.coarse_dropout),
+    ]
+    bbox_params = A.BboxParams(format="albumentations", label_fields=["box_ids"], clip=True, min_visibility=0.2)
+    return A.Compose([s for s in steps if getattr(s, "p", 1) > 0], bbox_params=bbox_params)
+
+
+def build_resize(img_size: int, clahe: bool) -> A.Compose:
+    """The deterministic part every image goes through at training and at prediction."""
+    steps = [A.CLAHE(p=1.0)] if clahe else []
+    bbox_params = A.BboxParams(format="albumentations", label_fields=["box_ids"], clip=True)
+    return A.Compose([*steps, A.Resize(img_size, img_size)], bbox_params=bbox_params)
+
+
+def apply_with_box(transform: A.Compose, image: np.ndarray, box: XYXY | None) -> tuple[np.ndarray, XYXY | None]:
+    boxes = [box] if box is not None and box_area(box) > 0 else []
+    out = transform(image=image, bboxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4), box_ids=[0] * len(boxes))
+    kept = out["bboxes"]
+    return out["image"], (tuple(float(v) for v in kept[0]) if len(kept) else None)
+
+
+def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """HxWx3 uint8 → normalised float CHW tensor."""
+    scaled = image.astype(np.float32) / 255.0
+    normalised = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))

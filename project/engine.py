@@ -1,0 +1,433 @@
+"""The one training loop both trainers share: optimisation, evaluation, logging, checkpoints, resume, DDP."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from project.fileio import atomic_write_bytes, atomic_write_text
+from project.models.checkpoint import CheckpointConfig, save_checkpoint
+from project.models.factory import param_groups
+from project.plots import plot_confusion_matrices, plot_learning_curves
+
+BEST_CHECKPOINT = "best.safetensors"
+RESUME_STATE = "last_state.pt"
+SUMMARY_FILE = "summary.csv"
+
+
+class Task(Protocol):
+    """What differs between trainers besides the model: labels, loss and how outputs are judged."""
+
+    kind: str
+    labels: list[str]
+    criterion: nn.Module
+
+    def evaluate(self, logits: torch.Tensor, targets: torch.Tensor) -> Evaluation: ...
+
+
+@dataclass
+class Evaluation:
+    """Validation result: `metrics['score']` selects the best epoch."""
+
+    metrics: dict[str, float]
+    confusion: dict[str, np.ndarray] = field(default_factory=dict)
+    confusion_labels: dict[str, list[str]] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Stage:
+    """One phase of staged unfreezing: which parameter groups train, at what rate, how long."""
+
+    epochs: int
+    lr: float
+    train: Sequence[str] | str = "all"
+
+
+@dataclass
+class EngineConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-6
+    restarts: int = 1
+    amp: str = "auto"
+    channels_last: bool = True
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0
+    patience: int = 0
+    seed: int = 0
+    deterministic: bool = False
+    workers: int = 2
+    stages: list[Stage] | None = None
+    device: str = "auto"
+
+    def plan(self) -> list[Stage]:
+        return self.stages or [Stage(epochs=self.epochs, lr=self.lr)]
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _reseed_worker(_: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    if hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(torch.initial_seed() % 2**32)
+
+
+class ShardSampler(Sampler[int]):
+    """Every rank evaluates its own slice, without the padding DistributedSampler adds."""
+
+    def __init__(self, size: int, rank: int, world_size: int) -> None:
+        self.indices = list(range(size))[rank::world_size]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int, sampler: Sampler | None, train: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=train and sampler is None,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=train and len(dataset) > batch_size,
+        persistent_workers=workers > 0,
+        worker_init_fn=_reseed_worker,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 where the GPU has it, else fp16 on CUDA; off on CPU unless asked for bf16."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _trainable(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
+    if stage.train == "all":
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return list(model.parameters())
+    groups = param_groups(model)
+    names = list(stage.train)
+    unknown = set(names) - set(groups)
+    if unknown:
+        raise ValueError(f"unknown parameter group(s) {sorted(unknown)}; this model has {list(groups)}")
+    chosen = {id(p) for name in names for p in groups[name]}
+    for param in model.parameters():
+        param.requires_grad_(id(param) in chosen)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _optimizer(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    # Norm weights and biases (1-d tensors) are not decayed, as in timm's recipes.
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def _scheduler(optimizer, config: EngineConfig, stage: Stage, steps_per_epoch: int) -> CosineLRScheduler:
+    total = max(stage.epochs * steps_per_epoch, 1)
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max((total - warmup) // config.restarts, 1),
+        lr_min=config.min_lr,
+        cycle_limit=config.restarts,
+        warmup_t=warmup,
+        warmup_lr_init=stage.lr * 0.01,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
+
+
+def _gather(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    if not dist.is_initialized():
+        return tensors
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, [t.cpu() for t in tensors])
+    return [torch.cat([p[i] for p in parts]) for i in range(len(tensors))]
+
+
+class Trainer:
+    """Fits `model` on `train_data` for `task`, judging each epoch on `val_data`, into `out_dir`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        train_data: Dataset,
+        val_data: Dataset,
+        out_dir: Path,
+        config: EngineConfig,
+        checkpoint_config: CheckpointConfig,
+        train_sampler: Sampler | None = None,
+        batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
+        self.rank, self.world_size = init_distributed()
+        seed_everything(config.seed + self.rank, config.deterministic)
+        self.config, self.task, self.out_dir = config, task, Path(out_dir)
+        self.checkpoint_config = checkpoint_config
+        self.device = resolve_device(config.device)
+        self.dtype = autocast_dtype(config.amp, self.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.ddp = DistributedDataParallel(self.model) if self.world_size > 1 else None
+        self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True) if config.ema_decay > 0 else None
+        if train_sampler is None and self.world_size > 1:
+            train_sampler = torch.utils.data.DistributedSampler(train_data, seed=config.seed)
+        self.train_sampler = train_sampler
+        per_rank_batch = max(config.batch_size // self.world_size, 1)
+        self.train_loader = make_loader(train_data, per_rank_batch, config.workers, train_sampler, train=True)
+        val_sampler = ShardSampler(len(val_data), self.rank, self.world_size)
+        self.val_loader = make_loader(val_data, per_rank_batch, config.workers, val_sampler, train=False)
+        self.batch_transform = batch_transform
+        self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
+        self.history: list[dict[str, float]] = []
+        self.best_score = -math.inf
+        self.stale_epochs = 0
+        self.epoch = 0
+        self.writer = SummaryWriter(str(self.out_dir / "tensorboard")) if is_main_process() else None
+
+    # The model whose weights are judged and saved: the EMA copy when EMA is on.
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _stage_at(self, epoch: int) -> tuple[int, Stage]:
+        start = 0
+        for index, stage in enumerate(self.config.plan()):
+            if epoch < start + stage.epochs:
+                return index, stage
+            start += stage.epochs
+        raise IndexError(epoch)
+
+    def _stage_start(self, index: int) -> int:
+        return sum(stage.epochs for stage in self.config.plan()[:index])
+
+    def _begin_stage(self, stage: Stage) -> None:
+        params = _trainable(self.model, stage)
+        self.optimizer = _optimizer(params, stage.lr, self.config.weight_decay)
+        self.scheduler = _scheduler(self.optimizer, self.config, stage, len(self.train_loader))
+
+    def fit(self) -> dict[str, float]:
+        """Train to the end of the plan or early stop; returns the best epoch's metrics."""
+        total_epochs = sum(stage.epochs for stage in self.config.plan())
+        resumed = self._resume()
+        while self.epoch < total_epochs:
+            index, stage = self._stage_at(self.epoch)
+            if not resumed or self.epoch == self._stage_start(index):
+                if not resumed or self.epoch > 0:
+                    self._begin_stage(stage)
+            resumed = False
+            train_loss = self._train_epoch(index)
+            evaluation, val_loss = self._evaluate()
+            self.epoch += 1
+            stop = self._end_epoch(train_loss, val_loss, evaluation)
+            if stop:
+                break
+        if self.writer:
+            self.writer.close()
+        if dist.is_initialized():
+            dist.barrier()
+        return max(self.history, key=lambda row: row["val_score"]) if self.history else {}
+
+    def _train_epoch(self, stage_index: int) -> float:
+        network = self.ddp or self.model
+        network.train()
+        if hasattr(self.train_sampler, "set_epoch"):
+            self.train_sampler.set_epoch(self.epoch)
+        steps_per_epoch = len(self.train_loader)
+        step = (self.epoch - self._stage_start(stage_index)) * steps_per_epoch
+        total, count = 0.0, 0
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1} train", disable=not is_main_process(),
+                   leave=False, mininterval=2.0)
+        for images, targets in bar:
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            targets = targets.to(self.device, non_blocking=True)
+            if self.batch_transform is not None:
+                images, targets = self.batch_transform(images, targets)
+            loss = self._step(network, images, targets)
+            step += 1
+            self.scheduler.step_update(step)
+            total += loss * len(images)
+            count += len(images)
+            bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        return total / max(count, 1)
+
+    def _step(self, network: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> float:
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            loss = self.task.criterion(network(images), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return float(loss.detach())
+
+    @torch.inference_mode()
+    def _evaluate(self) -> tuple[Evaluation | None, float]:
+        model = self.eval_model.eval()
+        logits, targets = [], []
+        for images, target in self.val_loader:
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                logits.append(model(images).float().cpu())
+            targets.append(target)
+        logits, targets = _gather([torch.cat(logits), torch.cat(targets)])
+        if not is_main_process():
+            return None, 0.0
+        val_loss = float(self.task.criterion(logits, targets))
+        return self.task.evaluate(logits, targets), val_loss
+
+    def _end_epoch(self, train_loss: float, val_loss: float, evaluation: Evaluation | None) -> bool:
+        """Log, checkpoint and decide early stopping on rank 0; every rank learns the decision."""
+        stop = [False]
+        if is_main_process():
+            row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                   "val_loss": val_loss, **{f"val_{k}": v for k, v in evaluation.metrics.items()}}
+            self.history.append(row)
+            self._log(row)
+            improved = row["val_score"] > self.best_score
+            if improved:
+                self.best_score, self.stale_epochs = row["val_score"], 0
+                self._save_best(evaluation)
+            else:
+                self.stale_epochs += 1
+            self._save_resume_state()
+            stop[0] = 0 < self.config.patience <= self.stale_epochs
+        if dist.is_initialized():
+            dist.broadcast_object_list(stop, src=0)
+        return stop[0]
+
+    def _log(self, row: dict[str, float]) -> None:
+        for key, value in row.items():
+            if key != "epoch":
+                self.writer.add_scalar(key, value, self.epoch)
+        self.writer.flush()
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(self.out_dir / SUMMARY_FILE, buffer.getvalue())
+        plot_learning_curves(self.history, self.out_dir / "learning_curves.png")
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+    def _save_best(self, evaluation: Evaluation) -> None:
+        config = self.checkpoint_config
+        config.metrics = {k: float(v) for k, v in evaluation.metrics.items()}
+        config.thresholds = dict(evaluation.thresholds)
+        config.epoch = self.epoch
+        save_checkpoint(self.out_dir / BEST_CHECKPOINT, self.eval_model, config)
+        if evaluation.confusion:
+            plot_confusion_matrices(evaluation.confusion, evaluation.confusion_labels,
+                                    self.out_dir / "confusion_matrix.png")
+
+    def _save_resume_state(self) -> None:
+        state = {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_score": self.best_score,
+            "stale_epochs": self.stale_epochs,
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.out_dir / RESUME_STATE, buffer.getvalue())
+
+    def _resume(self) -> bool:
+        """Continue from `last_state.pt` when the run folder has one (loaded without pickle)."""
+        path = self.out_dir / RESUME_STATE
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.best_score = state["epoch"], state["best_score"]
+        self.stale_epochs, self.history = state["stale_epochs"], state["history"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        random.setstate(state["python_rng"])
+        total_epochs = sum(stage.epochs for stage in self.config.plan())
+        if self.epoch < total_epochs:
+            index, stage = self._stage_at(self.epoch)
+            self._begin_stage(stage)
+            if self.epoch > self._stage_start(index):
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.scaler.load_state_dict(state["scaler"])
+        if is_main_process():
+            print(f"resumed from {path} after epoch {self.epoch}", flush=True)
+        return True
+
+
+def train_time_summary(start: float, images: int) -> str:
+    seconds = time.perf_counter() - start
+    return f"{images} images in {seconds:.1f} s ({images / max(seconds, 1e-9):.1f} images/s)"

@@ -1,0 +1,163 @@
+"""Training losses: label-smoothed weighted cross-entropy, soft-F1 and the masked multi-task loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+UNKNOWN_LABEL = -1
+FEATURE_TASK_WEIGHTS: tuple[float, ...] = (1.2, 1.5, 1.0, 1.0)
+
+
+def soft_f1_loss(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    dim: int | None = None,
+    eps: float = 1e-7,
+) -> torch.Tensor:
+    """1 - soft F1 of positive-class probabilities against targets in [0, 1].
+
+    Soft counts TP = sum p*y, FP = sum p*(1-y), FN = sum (1-p)*y run over `dim` (every element
+    when None) and only over entries where `mask` is true; loss = 1 - 2TP / (2TP + FP + FN + eps).
+    For hard 0/1 inputs this is 1 - F1, where F1 is 0 when there are neither predicted nor true
+    positives (scikit-learn's f1_score with zero_division=0).
+    """
+    if mask is not None:
+        # Zeroing both p and y of a masked entry removes it from every count and every gradient.
+        probs = probs * mask
+        targets = torch.where(mask, targets, torch.zeros_like(targets))
+    true_pos = (probs * targets).sum(dim)
+    false_pos = (probs * (1 - targets)).sum(dim)
+    false_neg = ((1 - probs) * targets).sum(dim)
+    return 1 - 2 * true_pos / (2 * true_pos + false_pos + false_neg + eps)
+
+
+class SoftF1Loss(nn.Module):
+    """Module form of soft_f1_loss over all elements of a batch."""
+
+    def __init__(self, eps: float = 1e-7):
+        super().__init__()
+        self.eps = eps
+
+    def forward(
+        self, probs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return soft_f1_loss(probs, targets, mask, eps=self.eps)
+
+
+def split_known(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 targets with 0 where unknown, known mask) of multi-label targets.
+
+    Integer targets mark unknown with -1; float targets (CutMix-mixed) with NaN, which mixing
+    propagates, so a mixed label is unknown whenever one of its parts is.
+    """
+    known = ~targets.isnan() if targets.is_floating_point() else targets != UNKNOWN_LABEL
+    values = torch.where(known, targets, torch.zeros_like(targets)).float()
+    if bool(((values < 0) | (values > 1)).any()):
+        raise ValueError(
+            "multi-label targets must be 0/1 (int, -1 = unknown) or in [0, 1] (float, NaN = unknown)"
+        )
+    return values, known
+
+
+class MultiTaskLoss(nn.Module):
+    """Per-task label-smoothed cross-entropy plus f1_weight * soft-F1, over known labels only.
+
+    logits: [B, T, 2]. targets: [B, T], int64 0/1 with -1 = unknown, or float in [0, 1] (the
+    probability that the feature is present, e.g. CutMix-mixed) with NaN = unknown.
+    For a task t with n_t > 0 known labels, L_t = mean over its known samples of the cross-entropy
+    against [1 - y, y] + f1_weight * soft_f1_loss of softmax(logits)[..., 1]; the loss is
+    sum_t w_t L_t / sum_t w_t over the tasks with n_t > 0, and 0 when no task has a known label.
+    Unknown entries are multiplied out and the normaliser counts known labels only, so they
+    change neither the loss nor any gradient.
+    """
+
+    def __init__(
+        self,
+        task_weights: Sequence[float] = FEATURE_TASK_WEIGHTS,
+        label_smoothing: float = 0.1,
+        f1_weight: float = 0.5,
+    ):
+        super().__init__()
+        weights = torch.tensor(task_weights, dtype=torch.float32)
+        self.register_buffer("task_weights", weights, persistent=False)
+        self.label_smoothing = label_smoothing
+        self.f1_weight = f1_weight
+
+    def task_losses(
+        self, logits: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-task losses L_t [T] (0 for a task without known labels) and which tasks have any."""
+        num_tasks = len(self.task_weights)
+        if logits.shape[1:] != (num_tasks, 2) or targets.shape != logits.shape[:2]:
+            raise ValueError(
+                f"expected logits [B, {num_tasks}, 2] and targets [B, {num_tasks}], "
+                f"got {tuple(logits.shape)} and {tuple(targets.shape)}"
+            )
+        values, known = split_known(targets)
+        logits = logits.float()
+        target_probs = torch.stack([1 - values, values], dim=-1)
+        cross_entropy = F.cross_entropy(
+            logits.flatten(0, 1),
+            target_probs.flatten(0, 1),
+            reduction="none",
+            label_smoothing=self.label_smoothing,
+        ).view_as(values)
+        counts = known.sum(dim=0)
+        mean_cross_entropy = (cross_entropy * known).sum(dim=0) / counts.clamp(min=1)
+        soft_f1 = soft_f1_loss(logits.softmax(dim=-1)[..., 1], values, known, dim=0)
+        present = counts > 0
+        return (mean_cross_entropy + self.f1_weight * soft_f1) * present, present
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses, present = self.task_losses(logits, targets)
+        weights = self.task_weights * present
+        return (weights * losses).sum() / weights.sum().clamp(min=1e-12)
+
+
+def inverse_frequency_weights(labels: Sequence[int] | torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Balanced class weights n / (K * n_k), scikit-learn's 'balanced'; 0 for an absent class.
+
+    For two classes they stand in the ratio N : P, like the N/(P+N) and P/(P+N) weighting, scaled
+    to 1 on balanced data.
+    """
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes)
+    if len(counts) > num_classes:
+        raise ValueError(f"labels reach class {len(counts) - 1}, beyond num_classes={num_classes}")
+    counts = counts.float()
+    weights = counts.sum() / (num_classes * counts)
+    return torch.where(counts > 0, weights, torch.zeros_like(weights))
+
+
+class ClassificationLoss(nn.Module):
+    """Label-smoothed cross-entropy with optional class weights for the BI-RADS classifier.
+
+    targets: class indices [B] or class probabilities [B, K] (CutMix/mixup). Indices become
+    one-hot rows, so both kinds are normalised alike: the batch mean of
+    sum_k w_k q_k (-log p_k) over the smoothed targets q (torch's index-target mean would
+    divide by sum_i w_{y_i} instead).
+    """
+
+    def __init__(
+        self,
+        class_weights: Sequence[float] | torch.Tensor | None = None,
+        label_smoothing: float = 0.2,
+    ):
+        super().__init__()
+        weights = None if class_weights is None else torch.as_tensor(class_weights).float()
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not targets.is_floating_point():
+            targets = F.one_hot(targets, logits.shape[-1])
+        return F.cross_entropy(
+            logits.float(),
+            targets.float(),
+            weight=self.class_weights,
+            label_smoothing=self.label_smoothing,
+        )

@@ -1,0 +1,184 @@
+"""Losses: soft-F1 against scikit-learn, masking of unknown labels, soft targets, class weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+
+from project.losses import (
+    ClassificationLoss,
+    MultiTaskLoss,
+    SoftF1Loss,
+    inverse_frequency_weights,
+    soft_f1_loss,
+)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_soft_f1_on_hard_inputs_is_one_minus_sklearn_f1(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    size = int(torch.randint(5, 40, (1,), generator=generator))
+    predictions = torch.randint(0, 2, (size,), generator=generator)
+    targets = torch.randint(0, 2, (size,), generator=generator)
+    expected = 1 - f1_score(targets.numpy(), predictions.numpy(), zero_division=0)
+    loss = SoftF1Loss()(predictions.float(), targets.float())
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("predictions", "targets"),
+    [([0, 0, 0], [0, 0, 0]), ([1, 1, 0], [0, 0, 0]), ([0, 0, 0], [1, 0, 1]), ([1, 0], [1, 0])],
+)
+def test_soft_f1_edge_cases_match_sklearn_with_zero_division_0(
+    predictions: list[int], targets: list[int]
+) -> None:
+    expected = 1 - f1_score(targets, predictions, zero_division=0)
+    loss = soft_f1_loss(torch.tensor(predictions).float(), torch.tensor(targets).float())
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_soft_f1_has_gradients_on_soft_inputs() -> None:
+    probs = torch.tensor([0.2, 0.7, 0.5, 0.9], requires_grad=True)
+    targets = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    soft_f1_loss(probs, targets).backward()
+    assert (probs.grad[targets == 1] < 0).all()
+    assert (probs.grad[targets == 0] > 0).all()
+
+
+def test_soft_f1_per_task_with_mask_equals_soft_f1_of_the_known_entries() -> None:
+    probs = torch.rand(6, 2)
+    targets = torch.randint(0, 2, (6, 2)).float()
+    mask = torch.tensor([[1, 1], [0, 1], [1, 0], [1, 1], [0, 1], [1, 1]], dtype=torch.bool)
+    per_task = soft_f1_loss(probs, targets, mask, dim=0)
+    for task in range(2):
+        known = mask[:, task]
+        expected = soft_f1_loss(probs[known, task], targets[known, task])
+        torch.testing.assert_close(per_task[task], expected)
+
+
+def _loss_and_grad(
+    loss_fn: MultiTaskLoss, logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    leaf = logits.detach().clone().requires_grad_(True)
+    loss = loss_fn(leaf, targets)
+    loss.backward()
+    return loss.detach(), leaf.grad
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(8, 4, 2, generator=generator)
+    targets = torch.randint(0, 2, (8, 4), generator=generator)
+    targets[2, 1] = -1
+    targets[5, 3] = -1
+    return logits, targets
+
+
+def test_masked_labels_change_neither_loss_nor_gradient(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    logits, targets = batch
+    loss_fn = MultiTaskLoss()
+    loss, grad = _loss_and_grad(loss_fn, logits, targets)
+    assert grad[2, 1].abs().max() == 0 and grad[5, 3].abs().max() == 0
+    assert grad.abs().sum() > 0
+
+    other_logits = logits.clone()
+    other_logits[2, 1] = torch.tensor([9.0, -9.0])
+    other_loss, other_grad = _loss_and_grad(loss_fn, other_logits, targets)
+    assert torch.equal(other_loss, loss) and torch.equal(other_grad, grad)
+
+    extra_logits = torch.cat([logits, torch.randn(1, 4, 2)])
+    extra_targets = torch.cat([targets, torch.full((1, 4), -1)])
+    extra_loss, extra_grad = _loss_and_grad(loss_fn, extra_logits, extra_targets)
+    torch.testing.assert_close(extra_loss, loss)
+    torch.testing.assert_close(extra_grad[:-1], grad)
+    assert extra_grad[-1].abs().max() == 0
+
+
+def test_nan_float_targets_mean_unknown_like_minus_one(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    logits, targets = batch
+    float_targets = targets.float().masked_fill(targets == -1, float("nan"))
+    loss_fn = MultiTaskLoss()
+    loss, grad = _loss_and_grad(loss_fn, logits, targets)
+    float_loss, float_grad = _loss_and_grad(loss_fn, logits, float_targets)
+    torch.testing.assert_close(float_loss, loss)
+    torch.testing.assert_close(float_grad, grad)
+
+
+def test_task_without_known_labels_drops_out_of_the_weighted_mean(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    logits, targets = batch
+    targets[:, 1] = -1
+    full = MultiTaskLoss(task_weights=(1.2, 1.5, 1.0, 1.0))(logits, targets)
+    others = [0, 2, 3]
+    reduced = MultiTaskLoss(task_weights=(1.2, 1.0, 1.0))(logits[:, others], targets[:, others])
+    torch.testing.assert_close(full, reduced)
+    losses, present = MultiTaskLoss().task_losses(logits, targets)
+    assert present.tolist() == [True, False, True, True]
+    assert losses[1] == 0
+
+
+def test_all_unknown_batch_gives_zero_loss_with_zero_gradient() -> None:
+    logits = torch.randn(3, 4, 2)
+    loss, grad = _loss_and_grad(MultiTaskLoss(), logits, torch.full((3, 4), -1))
+    assert loss.item() == 0
+    assert grad.abs().max() == 0
+
+
+def test_multitask_loss_is_weighted_mean_of_smoothed_ce_and_soft_f1(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    logits, targets = batch
+    weights = (1.2, 1.5, 1.0, 1.0)
+    loss = MultiTaskLoss(weights, label_smoothing=0.1, f1_weight=0.5)(logits, targets)
+    task_losses = []
+    for task in range(4):
+        known = targets[:, task] != -1
+        task_logits, task_targets = logits[known, task], targets[known, task]
+        ce = F.cross_entropy(task_logits, task_targets, label_smoothing=0.1)
+        f1 = soft_f1_loss(task_logits.softmax(-1)[:, 1], task_targets.float())
+        task_losses.append(ce + 0.5 * f1)
+    expected = sum(w * t for w, t in zip(weights, task_losses, strict=True)) / sum(weights)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_soft_targets_enter_the_cross_entropy_linearly() -> None:
+    logits = torch.randn(6, 4, 2)
+    loss_fn = MultiTaskLoss(f1_weight=0.0)
+    ones, zeros = torch.ones(6, 4), torch.zeros(6, 4)
+    mixed = loss_fn(logits, torch.full((6, 4), 0.3))
+    torch.testing.assert_close(mixed, 0.3 * loss_fn(logits, ones) + 0.7 * loss_fn(logits, zeros))
+
+
+def test_targets_outside_the_conventions_are_rejected() -> None:
+    logits = torch.randn(2, 4, 2)
+    with pytest.raises(ValueError, match="NaN = unknown"):
+        MultiTaskLoss()(logits, torch.full((2, 4), -1.0))
+    with pytest.raises(ValueError, match=r"logits \[B, 4, 2\]"):
+        MultiTaskLoss()(logits[:, :3], torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_inverse_frequency_weights_are_balanced_and_zero_for_absent_classes() -> None:
+    weights = inverse_frequency_weights([0, 0, 0, 1], num_classes=3)
+    torch.testing.assert_close(weights, torch.tensor([4 / 9, 4 / 3, 0.0]))
+    with pytest.raises(ValueError, match="beyond num_classes"):
+        inverse_frequency_weights([0, 3], num_classes=3)
+
+
+def test_classification_loss_matches_torch_for_hard_targets_without_weights() -> None:
+    logits = torch.randn(5, 6)
+    labels = torch.randint(0, 6, (5,))
+    expected = F.cross_entropy(logits, labels, label_smoothing=0.2)
+    torch.testing.assert_close(ClassificationLoss()(logits, labels), expected)
+
+
+def test_classification_loss_with_weights_and_mixed_targets() -> None:
+    logits = torch.randn(4, 3)
+    first, second = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 1, 0, 2])
+    weights = torch.tensor([0.5, 1.0, 2.0])
+    loss_fn = ClassificationLoss(class_weights=weights, label_smoothing=0.2)
+    smoothed = F.one_hot(first, 3).float() * 0.8 + 0.2 / 3
+    expected = -(weights * smoothed * logits.log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(loss_fn(logits, first), expected)
+    mixed = 0.6 * F.one_hot(first, 3).float() + 0.4 * F.one_hot(second, 3).float()
+    expected_mixed = 0.6 * loss_fn(logits, first) + 0.4 * loss_fn(logits, second)
+    torch.testing.assert_close(loss_fn(logits, mixed), expected_mixed)
