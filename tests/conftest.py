@@ -37,3 +37,13 @@ def tiny_dataset(tmp_path: Path) -> Path:
     for stem in ("1", "2", "10"):
         write_image(root / "testB" / "cla" / f"{stem}.jpg", 100 + int(stem))
     return root
+
+
+@pytest.fixture(scope="session")
+def phantom_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small phantom dataset shared by the engine tests (read-only for them)."""
+    from project.phantom import generate_phantom
+
+    out = tmp_path_factory.mktemp("phantom") / "data"
+    generate_phantom(out, n_train=96, n_test=12, size=64, seed=0)
+    return out

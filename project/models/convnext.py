@@ -104,9 +104,7 @@ def build_my_convnext(
     """
     trunk = timm.create_model(backbone, pretrained=False, num_classes=0, drop_path_rate=sd_max)
     if not isinstance(trunk, ConvNeXt):
-        raise ValueError(
-            f"backbone {backbone!r} is not a timm ConvNeXt; use e.g. convnext_tiny or convnextv2_atto"
-        )
+        raise ValueError(f"backbone {backbone!r} is not a timm ConvNeXt; use e.g. convnext_tiny or convnextv2_atto")
     model = MyConvNeXt(trunk, num_classes=num_classes, p_block=p_block, p_head=p_head)
     model.model_kwargs = {
         "backbone": backbone,

@@ -140,6 +140,7 @@ class MyDenseNet(nn.Module):
         super().__init__()
         self.tasks = tuple(tasks)
         self.num_features = backbone.num_features
+        self.pretrained_cfg = backbone.pretrained_cfg
         add_dense_layer_dropout(backbone.features, p_layer)
         self.features = insert_cbam(backbone.features)
         self.global_pool = SelectAdaptivePool2d(pool_type="avg", flatten=True)

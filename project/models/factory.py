@@ -181,37 +181,37 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             content = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, SafetensorError) as err:
         raise InitWeightsError(f"cannot read weights from {path}: {err}") from err
-    while isinstance(content, Mapping):
-        nested = next((content[k] for k in _NESTING_KEYS if isinstance(content.get(k), Mapping)), None)
-        if nested is None:
-            break
-        content = nested
-    tensors = (
-        {k: v for k, v in content.items() if isinstance(v, torch.Tensor)}
-        if isinstance(content, Mapping)
-        else {}
-    )
+    content = _unnest(content)
+    tensors = {k: v for k, v in content.items() if isinstance(v, torch.Tensor)} if isinstance(content, Mapping) else {}
     if not tensors:
         raise InitWeightsError(f"{path} holds no state dict of tensors")
     return tensors
+
+
+def _unnest(content: object) -> object:
+    """The weights inside checkpoints that nest them under 'state_dict', 'model', ..."""
+    while isinstance(content, Mapping):
+        nested = next((content[k] for k in _NESTING_KEYS if isinstance(content.get(k), Mapping)), None)
+        if nested is None:
+            return content
+        content = nested
+    return content
 
 
 def _strip_wrapper_prefixes(
     state: dict[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Drop prefixes that every file key carries and no model key does."""
-    while True:
-        prefix = next(
-            (
-                p
-                for p in _WRAPPER_PREFIXES
-                if all(k.startswith(p) for k in state) and not any(k.startswith(p) for k in model_state)
-            ),
-            None,
-        )
-        if prefix is None:
-            return state
+    while prefix := _wrapper_prefix(state, model_state):
         state = {key[len(prefix) :]: tensor for key, tensor in state.items()}
+    return state
+
+
+def _wrapper_prefix(state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]) -> str | None:
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in model_state):
+            return prefix
+    return None
 
 
 def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:

@@ -1,0 +1,109 @@
+"""The shared engine: checkpoints, resume, run-folder contents, staged unfreezing, DDP on gloo."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from project.models.checkpoint import CheckpointConfig, CheckpointError, load_checkpoint, read_config, save_checkpoint
+from project.models.factory import create_model
+from project.training import run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CLS = ["--model", "convnext_atto", "--img-size", "32", "--batch-size", "16", "--workers", "0",
+            "--lr", "0.002", "--warmup-epochs", "0.5"]
+
+
+def _summary(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "summary.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path: Path) -> None:
+    kwargs = {"backbone": "convnext_atto", "num_classes": 4}
+    model = create_model("my_convnext", **kwargs).eval()
+    config = CheckpointConfig(task="cla", model_name="my_convnext", model_kwargs=kwargs, labels=["2", "3", "4", "5"],
+                              preprocess={"img_size": 32}, thresholds={"boundary": 0.37})
+    save_checkpoint(tmp_path / "c.safetensors", model, config)
+    loaded, loaded_config = load_checkpoint(tmp_path / "c.safetensors")
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(images), loaded(images))
+    assert loaded_config.labels == ["2", "3", "4", "5"] and loaded_config.thresholds == {"boundary": 0.37}
+    assert loaded_config.code_version.startswith("0.1.0")
+
+
+def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        read_config(tmp_path / "absent.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        read_config(tmp_path / "junk.safetensors")
+
+
+def test_run_folder_and_resume_continue_the_schedule(phantom_small: Path, tmp_path: Path, monkeypatch) -> None:
+    straight = tmp_path / "straight"
+    run(["--data", str(phantom_small), "--out", str(straight), "--epochs", "3", *TINY_CLS], "cla")
+    for name in ("args.yaml", "summary.csv", "best.safetensors", "learning_curves.png", "confusion_matrix.png"):
+        assert (straight / name).stat().st_size > 0, name
+    assert any((straight / "tensorboard").iterdir())
+
+    from project.engine import Trainer
+
+    original = Trainer._end_epoch
+
+    def stop_after_first(self, *args):
+        original(self, *args)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    interrupted = tmp_path / "interrupted"
+    argv = ["--data", str(phantom_small), "--out", str(interrupted), "--epochs", "3", *TINY_CLS]
+    monkeypatch.setattr(Trainer, "_end_epoch", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        run(argv, "cla")
+    assert len(_summary(interrupted)) == 1
+    monkeypatch.setattr(Trainer, "_end_epoch", original)
+    run(argv, "cla")
+    resumed, reference = _summary(interrupted), _summary(straight)
+    assert [row["epoch"] for row in resumed] == ["1", "2", "3"]
+    assert [float(r["lr"]) for r in resumed] == pytest.approx([float(r["lr"]) for r in reference])
+
+
+def test_staged_unfreezing_trains_only_the_named_groups(phantom_small: Path, tmp_path: Path, monkeypatch) -> None:
+    from project.engine import Trainer
+
+    seen = []
+    original = Trainer._train_epoch
+
+    def record(self, stage_index):
+        before = {k: v.clone() for k, v in self.model.state_dict().items() if v.is_floating_point()}
+        loss = original(self, stage_index)
+        changed = {k.split(".")[0] for k, v in before.items() if not torch.equal(v, self.model.state_dict()[k])}
+        seen.append((stage_index, self.optimizer.param_groups[0]["initial_lr"], changed))
+        return loss
+
+    monkeypatch.setattr(Trainer, "_train_epoch", record)
+    stages = '[{"epochs": 1, "lr": 0.01, "train": ["head"]}, {"epochs": 1, "lr": 0.001, "train": "all"}]'
+    run(["--data", str(phantom_small), "--out", str(tmp_path / "staged"), "--stages", stages, *TINY_CLS], "cla")
+    assert seen[0][0] == 0 and seen[0][1] == pytest.approx(0.01) and seen[0][2] == {"head"}
+    assert seen[1][0] == 1 and seen[1][1] == pytest.approx(0.001) and {"stem", "stages", "head"} <= seen[1][2]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_run_writes_one_checkpoint(phantom_small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               str(ROOT / "train_cls" / "train_cls.py"), "--data", str(phantom_small), "--out", str(out),
+               "--epochs", "2", *TINY_CLS]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["best.safetensors"]
+    assert len(_summary(out)) == 2
