@@ -19,7 +19,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     if known.config is not None:
         if not known.config.is_file():
             parser.error(f"config file {known.config} not found")
-        defaults = {key.replace("-", "_"): value for key, value in (yaml.safe_load(known.config.read_text()) or {}).items()}
+        raw = yaml.safe_load(known.config.read_text()) or {}
+        defaults = {key.replace("-", "_"): value for key, value in raw.items()}
         destinations = {action.dest for action in parser._actions}
         unknown = sorted(set(defaults) - destinations)
         if unknown:

@@ -277,10 +277,12 @@ class Trainer:
                 if not resumed or self.epoch > 0:
                     self._begin_stage(stage)
             resumed = False
-            train_loss = self._train_epoch(index)
+            started = time.perf_counter()
+            train_loss, images = self._train_epoch(index)
+            speed = images * self.world_size / (time.perf_counter() - started)
             evaluation, val_loss = self._evaluate()
             self.epoch += 1
-            stop = self._end_epoch(train_loss, val_loss, evaluation)
+            stop = self._end_epoch(train_loss, speed, val_loss, evaluation)
             if stop:
                 break
         if self.writer:
@@ -289,7 +291,8 @@ class Trainer:
             dist.barrier()
         return max(self.history, key=lambda row: row["val_score"]) if self.history else {}
 
-    def _train_epoch(self, stage_index: int) -> float:
+    def _train_epoch(self, stage_index: int) -> tuple[float, int]:
+        """Mean training loss and the number of images this rank saw."""
         network = self.ddp or self.model
         network.train()
         if hasattr(self.train_sampler, "set_epoch"):
@@ -310,7 +313,7 @@ class Trainer:
             total += loss * len(images)
             count += len(images)
             bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-        return total / max(count, 1)
+        return total / max(count, 1), count
 
     def _step(self, network: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> float:
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
@@ -341,12 +344,13 @@ class Trainer:
         val_loss = float(self.task.criterion(logits, targets))
         return self.task.evaluate(logits, targets), val_loss
 
-    def _end_epoch(self, train_loss: float, val_loss: float, evaluation: Evaluation | None) -> bool:
+    def _end_epoch(self, train_loss: float, speed: float, val_loss: float, evaluation: Evaluation | None) -> bool:
         """Log, checkpoint and decide early stopping on rank 0; every rank learns the decision."""
         stop = [False]
         if is_main_process():
             row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                   "val_loss": val_loss, **{f"val_{k}": v for k, v in evaluation.metrics.items()}}
+                   "train_images_per_s": speed, "val_loss": val_loss,
+                   **{f"val_{k}": v for k, v in evaluation.metrics.items()}}
             self.history.append(row)
             self._log(row)
             improved = row["val_score"] > self.best_score
@@ -427,7 +431,3 @@ class Trainer:
             print(f"resumed from {path} after epoch {self.epoch}", flush=True)
         return True
 
-
-def train_time_summary(start: float, images: int) -> str:
-    seconds = time.perf_counter() - start
-    return f"{images} images in {seconds:.1f} s ({images / max(seconds, 1e-9):.1f} images/s)"

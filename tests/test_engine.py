@@ -84,10 +84,10 @@ def test_staged_unfreezing_trains_only_the_named_groups(phantom_small: Path, tmp
 
     def record(self, stage_index):
         before = {k: v.clone() for k, v in self.model.state_dict().items() if v.is_floating_point()}
-        loss = original(self, stage_index)
+        result = original(self, stage_index)
         changed = {k.split(".")[0] for k, v in before.items() if not torch.equal(v, self.model.state_dict()[k])}
         seen.append((stage_index, self.optimizer.param_groups[0]["initial_lr"], changed))
-        return loss
+        return result
 
     monkeypatch.setattr(Trainer, "_train_epoch", record)
     stages = '[{"epochs": 1, "lr": 0.01, "train": ["head"]}, {"epochs": 1, "lr": 0.001, "train": "all"}]'

@@ -1,0 +1,102 @@
+"""The run.py job: a testB folder and checkpoints in, cla_pre.csv / fea_pre.csv (+ run_errors.csv) out."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from project.data.layout import list_images
+from project.data.submission import ID_STYLES
+from project.engine import resolve_device
+from project.models.checkpoint import CheckpointError
+from project.predict import ERRORS_FILE, load_members, predict_folder, write_errors, write_predictions
+
+KINDS = {"cla": "cls", "fea": "fea"}
+
+
+class UsageError(Exception):
+    """A missing folder or checkpoint: one line to stderr, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Predict a testB folder (testB/cla, testB/fea) into cla_pre.csv and fea_pre.csv. "
+        "Exit 0: done; 1: bad images with --strict; 2: missing folder or checkpoint."
+    )
+    parser.add_argument("--data", type=Path, help="test folder (default ./testB, then ../testB)")
+    parser.add_argument("--cls-weights", type=Path, nargs="+",
+                        help="classifier checkpoint(s), averaged (default weights/cls*.safetensors)")
+    parser.add_argument("--fea-weights", type=Path, nargs="+",
+                        help="feature checkpoint(s), averaged (default weights/fea*.safetensors)")
+    parser.add_argument("--weights-dir", type=Path, default=Path("weights"), help="where the default checkpoints are")
+    parser.add_argument("--out-dir", type=Path, default=Path("."))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--id-style", choices=ID_STYLES, default="name", help="img_name column, or id 1..N")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when any image could not be read")
+    return parser
+
+
+def find_test_folder(given: Path | None) -> Path:
+    candidates = [given] if given else [Path("testB"), Path("..") / "testB"]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise UsageError(f"test folder not found: {' or '.join(str(c) for c in candidates)}")
+
+
+def checkpoints_for(kind: str, given: Sequence[Path] | None, weights_dir: Path) -> list[Path]:
+    paths = list(given) if given else sorted(weights_dir.glob(f"{KINDS[kind]}*.safetensors"))
+    if not paths:
+        raise UsageError(f"no {kind} checkpoint: pass --{KINDS[kind]}-weights or put {KINDS[kind]}*.safetensors "
+                         f"in {weights_dir}/")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UsageError(f"checkpoint not found: {', '.join(missing)}")
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    test_dir = find_test_folder(args.data)
+    folders = {kind: test_dir / kind for kind in KINDS if (test_dir / kind).is_dir()}
+    if not folders:
+        raise UsageError(f"{test_dir}: holds neither cla/ nor fea/")
+    device = resolve_device(args.device)
+    weights = {
+        kind: checkpoints_for(kind, args.cls_weights if kind == "cla" else args.fea_weights, args.weights_dir)
+        for kind in folders
+    }
+    errors, total_images, total_seconds = {}, 0, 0.0
+    for kind, folder in folders.items():
+        try:
+            members = load_members(weights[kind], device)
+        except (CheckpointError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        if members[0].config.task != kind:
+            raise UsageError(f"{members[0].path}: a {members[0].config.task} checkpoint given for {kind}")
+        predictions = predict_folder(list_images(folder), members, device, args.batch_size, args.workers,
+                                     args.tta, desc=kind)
+        path = write_predictions(args.out_dir, kind, predictions, members, args.id_style)
+        errors[kind] = predictions.errors
+        total_images += len(predictions.names)
+        total_seconds += predictions.seconds
+        print(f"{kind}: {len(predictions.names)} images -> {path} ({len(predictions.errors)} skipped)")
+    write_errors(args.out_dir, errors)
+    bad = sum(len(v) for v in errors.values())
+    rate = total_images / max(total_seconds, 1e-9)
+    note = f"; {bad} bad file(s) listed in {args.out_dir / ERRORS_FILE}" if bad else ""
+    print(f"run: {total_images} images in {total_seconds:.1f} s ({rate:.1f} images/s){note}")
+    return 1 if bad and args.strict else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as exc:
+        print(f"run.py: {exc}", file=sys.stderr)
+        return 2
