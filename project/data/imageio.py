@@ -85,11 +85,11 @@ def read_image(path: str | Path, max_side: int | None = DEFAULT_MAX_SIDE) -> np.
 
 
 def _read_dicom(path: Path) -> np.ndarray:
-    from project.mammo.dicom import DicomError, read_dicom_display
+    from project.mammo.dicom import DicomReadError, read_dicom_display
 
     try:
         grey = read_dicom_display(path)
-    except DicomError as exc:
+    except DicomReadError as exc:
         raise ImageReadError(path, str(exc)) from None
     return grey if grey.ndim == 3 else np.repeat(grey[:, :, None], 3, axis=2)
 

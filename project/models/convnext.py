@@ -96,13 +96,16 @@ def build_my_convnext(
     p_block: float = 0.05,
     sd_max: float = 0.6,
     p_head: float = 0.5,
+    **trunk_kwargs,
 ) -> MyConvNeXt:
     """MyConvNeXt on the named timm ConvNeXt or ConvNeXt V2 (convnext_atto ... convnextv2_base).
 
     timm spreads stochastic depth linearly over all blocks: rate 0 at the first block (which then
-    gets no DropPath), sd_max at the last.
+    gets no DropPath), sd_max at the last. `trunk_kwargs` go to timm's ConvNeXt, e.g.
+    ls_init_value=1.0: timm's default layer scale of 1e-6 suits long ImageNet schedules, but
+    from scratch on a small dataset it keeps the blocks silent for many epochs.
     """
-    trunk = timm.create_model(backbone, pretrained=False, num_classes=0, drop_path_rate=sd_max)
+    trunk = timm.create_model(backbone, pretrained=False, num_classes=0, drop_path_rate=sd_max, **trunk_kwargs)
     if not isinstance(trunk, ConvNeXt):
         raise ValueError(f"backbone {backbone!r} is not a timm ConvNeXt; use e.g. convnext_tiny or convnextv2_atto")
     model = MyConvNeXt(trunk, num_classes=num_classes, p_block=p_block, p_head=p_head)
@@ -112,5 +115,6 @@ def build_my_convnext(
         "p_block": p_block,
         "sd_max": sd_max,
         "p_head": p_head,
+        **trunk_kwargs,
     }
     return model

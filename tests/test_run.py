@@ -1,0 +1,149 @@
+"""run.py: exact CSV bytes, numeric order, a corpus of bad files, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from project.data.submission import write_cla_csv, write_fea_csv
+from project.data.transforms import Preprocess
+from project.models.checkpoint import CheckpointConfig, save_checkpoint
+from project.models.factory import create_model
+from project.testb import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_DENSENET = {"growth_rate": 8, "block_config": [2, 2, 2, 2]}
+
+
+def test_csv_bytes_are_exact(tmp_path: Path) -> None:
+    write_cla_csv(tmp_path / "cla.csv", {"10.jpg": 5, "2.jpg": 0, "1.png": 3, "b.jpg": 1, "a.jpg": 2})
+    assert (tmp_path / "cla.csv").read_bytes() == (
+        b"img_name,label\n1.png,3\n2.jpg,0\n10.jpg,5\na.jpg,2\nb.jpg,1\n"
+    )
+    write_fea_csv(tmp_path / "fea.csv", {"3.jpg": [1, 0, 1, 1], "1.jpg": [0, 0, 0, 1]}, id_style="index")
+    assert (tmp_path / "fea.csv").read_bytes() == (
+        b"id,boundary,calcification,direction,shape\n1,0,0,0,1\n2,1,0,1,1\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Untrained but valid checkpoints of both kinds (prediction plumbing needs no skill)."""
+    folder = tmp_path_factory.mktemp("weights")
+    preprocess = Preprocess(img_size=32).to_dict()
+    cls_kwargs = {"backbone": "convnext_atto", "num_classes": 6}
+    save_checkpoint(folder / "cls.safetensors", create_model("my_convnext", **cls_kwargs),
+                    CheckpointConfig("cla", "my_convnext", cls_kwargs, ["2", "3", "4A", "4B", "4C", "5"], preprocess))
+    fea_kwargs = {"backbone": "densenet121", **TINY_DENSENET}
+    tasks = ["boundary", "calcification", "direction", "shape"]
+    save_checkpoint(folder / "fea.safetensors", create_model("my_densenet", **fea_kwargs),
+                    CheckpointConfig("fea", "my_densenet", fea_kwargs, tasks, preprocess,
+                                     thresholds={"boundary": 0.2, "shape": 0.9}))
+    return folder
+
+
+def _grey(size: tuple[int, int] = (40, 48), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, size, dtype=np.uint8)
+
+
+def _good_files(folder: Path) -> set[str]:
+    """Readable images, some of them odd (16-bit, RGBA, CMYK, palette, a 20,000-px-wide strip, PNG named .jpg)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_grey()).save(folder / "1.jpg")
+    Image.fromarray(_grey(seed=2)).save(folder / "2.png")
+    Image.fromarray(_grey().astype(np.uint16) * 200).save(folder / "3.png")
+    Image.fromarray(np.dstack([_grey()] * 4), "RGBA").save(folder / "4.png")
+    Image.fromarray(np.dstack([_grey()] * 3)).convert("CMYK").save(folder / "5.jpg")
+    Image.fromarray(_grey()).convert("P").save(folder / "6.bmp")
+    Image.fromarray(_grey((16, 20_000))).save(folder / "7.png")
+    Image.fromarray(_grey(seed=8)).save(folder / "8.jpg", format="PNG")
+    Image.fromarray(_grey(seed=9)).save(folder / "10.tif")
+    return {"1.jpg", "2.png", "3.png", "4.png", "5.jpg", "6.bmp", "7.png", "8.jpg", "10.tif"}
+
+
+def _bad_files(folder: Path) -> set[str]:
+    """Eleven kinds of file that cannot be read as an image."""
+    jpeg = (folder / "1.jpg").read_bytes()
+    png = (folder / "2.png").read_bytes()
+    (folder / "101.jpg").write_bytes(b"")
+    (folder / "102.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "103.png").write_bytes(png[:60])
+    (folder / "104.jpg").write_text("<html>not found</html>")
+    (folder / "105.png").write_bytes(png[:33] + bytes(len(png) - 33))
+    (folder / "106.jpg").mkdir()
+    (folder / "107.tif").write_bytes(b"II*\x00" + bytes(20))
+    (folder / "108.bmp").write_bytes(b"BM" + bytes(10))
+    (folder / "109.dcm").write_bytes(b"this is not DICOM")
+    (folder / "110.jpeg").write_bytes(jpeg[:2])
+    (folder / "111.png").write_bytes(bytes(range(256)) * 4)
+    return {"101.jpg", "102.jpg", "103.png", "104.jpg", "105.png", "106.jpg", "107.tif", "108.bmp",
+            "109.dcm", "110.jpeg", "111.png"}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_bad_files_are_listed_and_good_rows_kept(tmp_path: Path, weights: Path) -> None:
+    test_dir = tmp_path / "testB"
+    good = _good_files(test_dir / "cla")
+    bad = _bad_files(test_dir / "cla")
+    _good_files(test_dir / "fea")
+    out = tmp_path / "out"
+    argv = ["--data", str(test_dir), "--weights-dir", str(weights), "--out-dir", str(out), "--workers", "0"]
+    assert main(argv) == 0
+    cla = _rows(out / "cla_pre.csv")
+    assert [r["img_name"] for r in cla] == ["1.jpg", "2.png", "3.png", "4.png", "5.jpg", "6.bmp", "7.png",
+                                            "8.jpg", "10.tif"]
+    assert {r["img_name"] for r in cla} == good and all(r["label"] in "012345" for r in cla)
+    assert len(_rows(out / "fea_pre.csv")) == len(good)
+    errors = {r["img_name"]: r["reason"] for r in _rows(out / "run_errors.csv")}
+    assert set(errors) == bad
+    assert all(errors.values())
+    assert "empty" in errors["101.jpg"] and "directory" in errors["106.jpg"]
+    assert main([*argv, "--strict"]) == 1
+
+
+def test_thresholds_from_the_checkpoint_decide_features(tmp_path: Path, weights: Path) -> None:
+    test_dir = tmp_path / "testB"
+    _good_files(test_dir / "fea")
+    main(["--data", str(test_dir), "--weights-dir", str(weights), "--out-dir", str(tmp_path), "--workers", "0"])
+    from project.models.checkpoint import load_checkpoint
+    from project.predict import Member, predict_folder
+
+    model, config = load_checkpoint(weights / "fea.safetensors")
+    member = Member(model, config, Preprocess.from_dict(config.preprocess), weights / "fea.safetensors")
+    paths = sorted((test_dir / "fea").iterdir(), key=lambda p: (len(p.stem), p.stem))
+    probs = predict_folder(paths, [member], torch.device("cpu"), workers=0).probs
+    expected = (probs >= np.array([0.2, 0.5, 0.5, 0.9])).astype(int)
+    written = np.array([[int(r[t]) for t in config.labels] for r in _rows(tmp_path / "fea_pre.csv")])
+    assert np.array_equal(written, expected)
+
+
+def test_missing_folder_or_checkpoint_exits_two(tmp_path: Path, weights: Path, capsys) -> None:
+    assert main(["--data", str(tmp_path / "absent"), "--weights-dir", str(weights)]) == 2
+    (tmp_path / "testB" / "cla").mkdir(parents=True)
+    assert main(["--data", str(tmp_path / "testB"), "--weights-dir", str(tmp_path / "none")]) == 2
+    assert main(["--data", str(tmp_path / "testB"), "--cls-weights", str(tmp_path / "x.safetensors")]) == 2
+    messages = capsys.readouterr().err.strip().splitlines()
+    assert len(messages) == 3 and all(m.startswith("run.py: ") for m in messages)
+
+
+def test_run_py_defaults_from_the_working_directory(tmp_path: Path, weights: Path) -> None:
+    _good_files(tmp_path / "testB" / "cla")
+    (tmp_path / "weights").symlink_to(weights)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "--workers", "0"], cwd=tmp_path,
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "images/s" in result.stdout
+    assert len(_rows(tmp_path / "cla_pre.csv")) == 9 and _rows(tmp_path / "run_errors.csv") == []
