@@ -1,0 +1,1 @@
+"""Screening mammography: DICOM decoding (DALI / pydicom), windowing, breast ROI crop, data preparation."""
