@@ -395,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m project.phantom",
         description="Write a synthetic breast-ultrasound dataset in the challenge layout, with "
         "testB ground truth in testB_gt/cla_gt.csv and fea_gt.csv.",
-        epilog="BI-RADS rule: " + inspect.cleandoc(birads_class.__doc__ or "")
+        epilog="Class rule: " + inspect.cleandoc(birads_class.__doc__ or "")
         + "\n\nFeature sampling: " + inspect.cleandoc(sample_case.__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -405,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-test", type=int, default=200,
                         help="testB images, half in testB/cla and half in testB/fea")
     parser.add_argument("--size", type=int, default=256, help="square image side in pixels")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     args = parser.parse_args(argv)
     try:
         generate_phantom(args.out, args.n_train, args.n_test, args.size, args.seed)

@@ -174,21 +174,31 @@ def scan_classification(split_dir: Path, classes: Sequence[str] = BIRADS_CLASSES
     return scan
 
 
-def _read_class_label(label_file: Path, label: int, sample: Sample, scan: Scan) -> None:
+def _parse_reporting(label_file: Path, scan: Scan) -> list[tuple[int, Box]] | None:
     try:
-        entries = parse_label_file(label_file)
+        return parse_label_file(label_file)
     except LabelError as exc:
         scan.problems.append(Problem(label_file, "bad label file", str(exc)))
+        return None
+
+
+def _take_box(sample: Sample, box: Box, label_file: Path, scan: Scan) -> None:
+    sample.box = box
+    problem = _box_problem(label_file, box)
+    if problem:
+        scan.problems.append(problem)
+
+
+def _read_class_label(label_file: Path, label: int, sample: Sample, scan: Scan) -> None:
+    entries = _parse_reporting(label_file, scan)
+    if entries is None:
         return
     ids = sorted({cls_id for cls_id, _ in entries})
     if ids != [label + 1]:
         scan.problems.append(
             Problem(label_file, "class disagrees with folder", f"label id(s) {ids}, folder says {label + 1}")
         )
-    sample.box = entries[0][1]
-    problem = _box_problem(label_file, sample.box)
-    if problem:
-        scan.problems.append(problem)
+    _take_box(sample, entries[0][1], label_file, scan)
 
 
 def scan_features(split_dir: Path, tasks: Sequence[str] = FEATURE_TASKS) -> Scan:
@@ -213,10 +223,8 @@ def scan_features(split_dir: Path, tasks: Sequence[str] = FEATURE_TASKS) -> Scan
 
 
 def _read_feature_label(label_file: Path, task: str, sample: Sample, scan: Scan) -> None:
-    try:
-        entries = parse_label_file(label_file)
-    except LabelError as exc:
-        scan.problems.append(Problem(label_file, "bad label file", str(exc)))
+    entries = _parse_reporting(label_file, scan)
+    if entries is None:
         return
     values = {value for value, _ in entries}
     if not values <= {0, 1}:
@@ -225,10 +233,7 @@ def _read_feature_label(label_file: Path, task: str, sample: Sample, scan: Scan)
     # Lines that disagree mean the feature is present somewhere (DESIGN.md §3).
     sample.features[task] = max(values)
     if sample.box is None:
-        sample.box = entries[0][1]
-        problem = _box_problem(label_file, sample.box)
-        if problem:
-            scan.problems.append(problem)
+        _take_box(sample, entries[0][1], label_file, scan)
 
 
 def attach_metadata(samples: list[Sample], root: Path, config: DatasetConfig) -> None:
