@@ -17,11 +17,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from project.data.classes import BIRADS_CLASSES, FEATURE_TASKS
+from project.data.layout import class_folder_name, label_line
 from project.data.submission import write_cla_csv, write_fea_csv
 from project.fileio import atomic_write_bytes, atomic_write_text
 
 JPEG_QUALITY = 92
-CLASS_FOLDER_SUFFIX = "类"
 SPLITS = ("train/cla", "train/fea", "testB/cla", "testB/fea")
 MIN_SIZE = 48
 N_CLASSES = len(BIRADS_CLASSES)
@@ -301,14 +301,9 @@ def encode_jpeg(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def label_line(value: int, box: Sequence[float]) -> str:
-    """`value cx cy w h` with 6 decimals, as in the challenge's label files."""
-    return " ".join([str(value), *(f"{c:.6f}" for c in box)]) + "\n"
-
-
 def class_folder(class_index: int) -> str:
     """The challenge's folder name for a class index: 0 -> '2类', 2 -> '4A类'."""
-    return f"{BIRADS_CLASSES[class_index]}{CLASS_FOLDER_SUFFIX}"
+    return class_folder_name(BIRADS_CLASSES[class_index])
 
 
 def _split_counts(n_train: int, n_test: int) -> dict[str, int]:

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from project.fileio import atomic_write_bytes  # noqa: E402
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
+def save_figure(figure: plt.Figure, path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
@@ -36,10 +36,12 @@ def plot_learning_curves(rows: Sequence[Mapping[str, float]], path: Path) -> Non
         axis.set_title(title)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
-def plot_confusion_matrices(matrices: Mapping[str, np.ndarray], labels: Mapping[str, Sequence[str]], path: Path) -> None:
+def plot_confusion_matrices(
+    matrices: Mapping[str, np.ndarray], labels: Mapping[str, Sequence[str]], path: Path
+) -> None:
     """One panel per matrix (rows: truth, columns: prediction), counts written in the cells."""
     figure, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4), squeeze=False)
     for axis, (title, matrix) in zip(axes[0], matrices.items()):
@@ -54,4 +56,4 @@ def plot_confusion_matrices(matrices: Mapping[str, np.ndarray], labels: Mapping[
         for (row, col), count in np.ndenumerate(matrix):
             colour = "white" if count > matrix.max() / 2 else "black"
             axis.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=8)
-    _save(figure, path)
+    save_figure(figure, path)

@@ -129,6 +129,16 @@ def parse_label_file(path: Path) -> list[tuple[int, Box]]:
     return entries
 
 
+def label_line(value: int, box: Sequence[float]) -> str:
+    """`value cx cy w h` with 6 decimals: the writer's side of parse_label_file."""
+    return " ".join([str(value), *(f"{c:.6f}" for c in box)]) + "\n"
+
+
+def class_folder_name(class_name: str) -> str:
+    """The challenge's folder name for a class: '4A' -> '4A类'."""
+    return f"{class_name}类"
+
+
 def _box_problem(path: Path, box: Box) -> Problem | None:
     cx, cy, w, h = box
     inside = 0 <= cx - w / 2 + 1e-6 and cx + w / 2 - 1e-6 <= 1 and 0 <= cy - h / 2 + 1e-6

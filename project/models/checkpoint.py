@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
-from safetensors import safe_open
 
 import project
 from project.fileio import atomic_write_bytes
@@ -82,7 +83,9 @@ def read_config(path: str | os.PathLike) -> CheckpointConfig:
     return CheckpointConfig(**raw)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, CheckpointConfig]:
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, CheckpointConfig]:
     """The model, rebuilt from its recorded name and kwargs, in eval mode, and its config."""
     config = read_config(path)
     model = create_model(config.model_name, **config.model_kwargs)
@@ -90,10 +93,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return model.to(device).eval(), config
 
 
-def main() -> None:
-    import sys
-
-    for path in sys.argv[1:]:
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Print what a checkpoint says about itself.")
+    parser.add_argument("checkpoints", nargs="+", type=Path)
+    for path in parser.parse_args(argv).checkpoints:
         print(json.dumps(read_config(path).__dict__, indent=2, sort_keys=True))
 
 

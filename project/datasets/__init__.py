@@ -1,0 +1,1 @@
+"""Adapters that convert public datasets into the challenge layout (DESIGN.md §3)."""

@@ -1,0 +1,477 @@
+"""Validation report of a classification run (metrics, plots, Grad-CAM, HTML) and cross-validation tables."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import json
+import re
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import yaml
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from sklearn.metrics import roc_auc_score, roc_curve
+from torch import nn
+
+from project.data.classes import normalise_class_name
+from project.data.layout import NotADataset, Sample, load_split
+from project.data.submission import write_cla_csv
+from project.engine import BEST_CHECKPOINT, SUMMARY_FILE, resolve_device
+from project.evaluate import evaluate_folders
+from project.fileio import atomic_write_csv, atomic_write_text, numeric_order_key
+from project.plots import plot_confusion_matrices, plot_learning_curves, save_figure
+from project.predict import ImageFolderDataset, Member, Predictions, load_members, predict_folder
+from project.training import split_samples
+
+ARGS_FILE = "args.yaml"
+MALIGNANT_FROM = 4  # BI-RADS 4 and above: biopsy recommended
+CALIBRATION_BINS = 10
+CV_COLUMNS = {
+    "macro_f1": "macro-F1",
+    "accuracy": "accuracy",
+    "kappa": "quadratic kappa",
+    "auc_birads": "AUC malignancy vs BI-RADS≥4",
+    "auc_biopsy": "AUC malignancy vs biopsy",
+}
+PLOTS = {
+    "learning_curves.png": "Learning curves",
+    "confusion_matrix.png": "Confusion matrix (rows: truth, columns: prediction)",
+    "per_class.png": "Per-class precision, recall and F1",
+    "roc_malignancy.png": "ROC for malignancy from P(BI-RADS ≥ 4)",
+    "reliability.png": "Reliability diagram of the top-class confidence",
+    "gradcam_right.png": "Grad-CAM: most confident right predictions",
+    "gradcam_wrong.png": "Grad-CAM: most confident wrong predictions",
+}
+
+
+class ReportError(ValueError):
+    """A run folder or dataset the report cannot use; the message names the file."""
+
+
+@dataclass
+class Validation:
+    """The run's validation images with the checkpoint's predictions for them."""
+
+    samples: list[Sample]  # readable images only, numeric order of the file name
+    probs: np.ndarray  # [N, K]
+    classes: list[str]
+    member: Member
+    skipped: dict[str, str]
+    split: str
+    data: Path
+
+
+def load_run_args(run: Path) -> argparse.Namespace:
+    """The training arguments saved in RUN/args.yaml."""
+    path = Path(run) / ARGS_FILE
+    if not path.is_file():
+        raise ReportError(f"{path}: not found; is {run} a run folder written by the trainers?")
+    return argparse.Namespace(**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
+
+
+def _split_description(args: argparse.Namespace, samples: Sequence[Sample], val: Sequence[Sample]) -> str:
+    """Which images validate, in words; mirrors project.data.splits.kfold_indices."""
+    if not args.folds:
+        return f"hold-out {args.val_fraction:.0%} (seed {args.seed})"
+    folds = {s.fold for s in samples}
+    if None not in folds and len(folds) == args.folds:
+        return f"fold {args.fold} of {args.folds} (official fold {val[0].fold})"
+    return f"fold {args.fold} of {args.folds} (seed {args.seed})"
+
+
+def validation_samples(args: argparse.Namespace, root: Path) -> tuple[list[Sample], list[str], str]:
+    """The validation samples of the run's split (rebuilt as the trainer built it), classes and a description."""
+    try:
+        scan, config = load_split(root, "train", "cla")
+    except NotADataset as exc:
+        raise ReportError(f"{exc}; pass --data to point at the run's dataset") from None
+    samples = [s for s in scan.samples if s.label is not None]
+    if not samples:
+        raise ReportError(f"{root}: no labelled classification images")
+    _, val = split_samples(samples, args)
+    return val, list(config.classes), _split_description(args, samples, val)
+
+
+def predict_validation(
+    run: Path, data: Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
+    tta: bool = False,
+) -> Validation:
+    """Probabilities of RUN/best.safetensors on the run's validation images, through project.predict."""
+    run = Path(run)
+    args = load_run_args(run)
+    root = Path(data or args.data)
+    val, classes, split = validation_samples(args, root)
+    torch_device = resolve_device(device)
+    checkpoint = run / BEST_CHECKPOINT
+    if not checkpoint.is_file():
+        raise ReportError(f"{checkpoint}: not found; has the run finished an epoch?")
+    member = load_members([checkpoint], torch_device)[0]
+    if member.config.task != "cla" or member.config.labels != classes:
+        raise ReportError(f"{checkpoint}: task {member.config.task} labels {member.config.labels} do not match "
+                          f"the dataset's classes {classes}")
+    names = [s.path.name for s in val]
+    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise ReportError(f"{root}: validation file names repeat across class folders: {repeated[:10]}")
+    predictions: Predictions = predict_folder([s.path for s in val], [member], torch_device, batch_size, workers,
+                                              tta=tta, desc="report")
+    by_name = {s.path.name: s for s in val}
+    order = sorted(range(len(predictions.names)), key=lambda i: numeric_order_key(predictions.names[i]))
+    return Validation(
+        samples=[by_name[predictions.names[i]] for i in order], probs=predictions.probs[order], classes=classes,
+        member=member, skipped=predictions.errors, split=split, data=root,
+    )
+
+
+def malignancy_index(classes: Sequence[str]) -> int:
+    """Index of the first class whose BI-RADS number is 4 or more ('4', '4A', ...)."""
+    for index, name in enumerate(classes):
+        number = re.match(r"\d+", normalise_class_name(name))
+        if number and int(number.group()) >= MALIGNANT_FROM:
+            return index
+    raise ReportError(f"no class of {list(classes)} is BI-RADS {MALIGNANT_FROM} or above")
+
+
+def _auc(truth: np.ndarray, score: np.ndarray) -> dict:
+    """AUC and ROC points; AUC None where the truth holds one class only."""
+    result = {"n": int(len(truth)), "positives": int(truth.sum()), "auc": None, "fpr": [], "tpr": []}
+    if 0 < truth.sum() < len(truth):
+        fpr, tpr, _ = roc_curve(truth, score)
+        result.update(auc=float(roc_auc_score(truth, score)), fpr=fpr.tolist(), tpr=tpr.tolist())
+    return result
+
+
+def malignancy(validation: Validation) -> dict:
+    """P(BI-RADS ≥ 4) against BI-RADS ≥ 4 and, where `extra['pathology']` is known, against biopsy."""
+    first = malignancy_index(validation.classes)
+    score = validation.probs[:, first:].sum(axis=1)
+    labels = np.array([s.label for s in validation.samples])
+    result = {"positive_from": validation.classes[first], "birads": _auc((labels >= first).astype(int), score)}
+    pathology = [s.extra.get("pathology", "").strip().lower() for s in validation.samples]
+    known = np.array([p in ("benign", "malignant") for p in pathology], dtype=bool)
+    biopsy = np.array([p == "malignant" for p in pathology], dtype=int)
+    result["biopsy"] = _auc(biopsy[known], score[known]) if known.any() else None
+    return result
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, n_bins: int = CALIBRATION_BINS) -> dict:
+    """Expected calibration error of the top-class confidence over equal-width bins, and the bins."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        inside = which == b
+        row = {"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(inside.sum()),
+               "confidence": None, "accuracy": None}
+        if inside.any():
+            row.update(confidence=float(confidence[inside].mean()), accuracy=float(correct[inside].mean()))
+            ece += inside.mean() * abs(row["accuracy"] - row["confidence"])
+        bins.append(row)
+    return {"ece": float(ece), "bins": bins}
+
+
+def gradcam_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """The layer Grad-CAM reads: the last stage for ConvNeXt-like models (`stages[-1]`).
+
+    Fallbacks for other timm models: the module timm's `feature_info` names last (resnet:
+    layer4, densenet: features.norm5, efficientnet: blocks.6), else the last Conv2d. Models
+    whose last features are tokens (ViT, Swin) would need a reshape and are not supported.
+    """
+    if isinstance(getattr(model, "stages", None), nn.Sequential):
+        return f"stages.{len(model.stages) - 1}", model.stages[-1]
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and info and "module" in info[-1]:
+        return info[-1]["module"], model.get_submodule(info[-1]["module"])
+    convs = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if not convs:
+        raise ReportError(f"{type(model).__name__}: no convolution to compute Grad-CAM on")
+    return convs[-1]
+
+
+def pick_cases(probs: np.ndarray, labels: np.ndarray, count: int) -> tuple[list[int], list[int]]:
+    """Indices of the `count` most confident right and the `count` most confident wrong predictions."""
+    predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
+    by_confidence = np.argsort(-confidence, kind="stable")
+    right = [int(i) for i in by_confidence if predicted[i] == labels[i]][:count]
+    wrong = [int(i) for i in by_confidence if predicted[i] != labels[i]][:count]
+    return right, wrong
+
+
+def gradcam_overlays(validation: Validation, indices: Sequence[int], device: torch.device) -> list[np.ndarray]:
+    """RGB float overlays of the Grad-CAM of the predicted class on the preprocessed image."""
+    member = validation.member
+    dataset = ImageFolderDataset([validation.samples[i].path for i in indices], member.preprocess)
+    images = torch.stack([dataset[j][1] for j in range(len(indices))]).to(device)
+    targets = [ClassifierOutputTarget(int(validation.probs[i].argmax())) for i in indices]
+    cam = GradCAM(model=member.model, target_layers=[gradcam_target_layer(member.model)[1]])
+    try:
+        maps = cam(input_tensor=images, targets=targets)
+    finally:
+        cam.activations_and_grads.release()
+    mean = torch.tensor(member.preprocess.mean).view(3, 1, 1)
+    std = torch.tensor(member.preprocess.std).view(3, 1, 1)
+    pictures = (images.cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return [show_cam_on_image(picture.astype(np.float32), heat, use_rgb=True) for picture, heat in zip(pictures, maps)]
+
+
+def plot_gradcam(validation: Validation, indices: Sequence[int], device: torch.device, path: Path) -> None:
+    overlays = gradcam_overlays(validation, indices, device)
+    figure, axes = plt.subplots(1, len(indices), figsize=(2.6 * len(indices), 3.0), squeeze=False)
+    for axis, index, overlay in zip(axes[0], indices, overlays):
+        sample, probs = validation.samples[index], validation.probs[index]
+        axis.imshow(overlay)
+        axis.set_title(f"{sample.path.name}\ntrue {validation.classes[sample.label]} · "
+                       f"pred {validation.classes[int(probs.argmax())]} ({probs.max():.2f})", fontsize=7)
+        axis.axis("off")
+    save_figure(figure, path)
+
+
+def plot_per_class(report: dict, path: Path) -> None:
+    classes = report["classes"]
+    x = np.arange(len(classes))
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.1 * len(classes)), 3.5))
+    for offset, key in zip((-0.27, 0.0, 0.27), ("precision", "recall", "f1")):
+        axis.bar(x + offset, [report["per_class"][c][key] for c in classes], width=0.27, label=key)
+    axis.set_xticks(x, classes)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("BI-RADS class")
+    axis.legend(fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    save_figure(figure, path)
+
+
+def plot_roc(result: dict, path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(4.5, 4.2))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    curves = {f"vs BI-RADS ≥ {result['positive_from']}": result["birads"], "vs biopsy": result["biopsy"]}
+    for name, curve in curves.items():
+        if curve and curve["auc"] is not None:
+            axis.plot(curve["fpr"], curve["tpr"], label=f"{name}: AUC {curve['auc']:.3f} (n={curve['n']})")
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    axis.legend(fontsize=8, loc="lower right")
+    axis.grid(alpha=0.3)
+    save_figure(figure, path)
+
+
+def plot_reliability(result: dict, path: Path) -> None:
+    bins = result["bins"]
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    width = bins[0]["high"] - bins[0]["low"]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 5.0), sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    top.bar(centres, [b["accuracy"] or 0.0 for b in bins], width=width * 0.95, edgecolor="black", label="accuracy")
+    top.set_ylabel("accuracy")
+    top.set_title(f"ECE {result['ece']:.3f}")
+    bottom.bar(centres, [b["count"] for b in bins], width=width * 0.95, color="grey")
+    bottom.set_xlabel("top-class confidence")
+    bottom.set_ylabel("images")
+    save_figure(figure, path)
+
+
+def _read_summary(run: Path) -> list[dict[str, float]]:
+    path = run / SUMMARY_FILE
+    if not path.is_file():
+        raise ReportError(f"{path}: not found; the run has not logged an epoch")
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    if not rows:
+        raise ReportError(f"{path}: no epochs logged")
+    return rows
+
+
+def write_prediction_files(validation: Validation, out: Path) -> dict:
+    """predictions.csv, pred/cla_pre.csv and gt/cla_gt.csv; returns project.evaluate's cla report of them."""
+    names = [s.path.name for s in validation.samples]
+    labels = [s.label for s in validation.samples]
+    width = validation.probs.shape[1]
+    rows = [(n, y, *(f"{p:.6f}" for p in probs)) for n, y, probs in zip(names, labels, validation.probs)]
+    atomic_write_csv(out / "predictions.csv", ["img_name", "label", *(f"prob_{k}" for k in range(width))], rows)
+    write_cla_csv(out / "pred" / "cla_pre.csv", dict(zip(names, validation.probs.argmax(axis=1).tolist())))
+    write_cla_csv(out / "gt" / "cla_gt.csv", dict(zip(names, labels)))
+    return evaluate_folders(out / "pred", out / "gt", validation.classes)["cla"]
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _auc_of(result: dict | None) -> float | None:
+    return None if result is None else result["auc"]
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html_page(title: str, body: str) -> str:
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def _report_html(metrics: dict, plots: Sequence[str]) -> str:
+    cla, mal = metrics["cla"], metrics["malignancy"]
+    summary = _html_table(["metric", "value"], [
+        ("images", cla["n"]), ("skipped (unreadable)", len(metrics["skipped"])),
+        ("challenge cla score (0.6·acc + 0.4·macro-F1)", _fmt(cla["score"])), ("accuracy", _fmt(cla["accuracy"])),
+        ("macro-F1", _fmt(cla["macro_f1"])), ("quadratic kappa", _fmt(cla["kappa"])),
+        (f"malignancy AUC vs BI-RADS ≥ {mal['positive_from']}", _fmt(_auc_of(mal["birads"]))),
+        ("malignancy AUC vs biopsy", _fmt(_auc_of(mal["biopsy"])) if mal["biopsy"] else "no pathology labels"),
+        ("ECE (top-class confidence)", _fmt(metrics["calibration"]["ece"])),
+    ])
+    per_class = _html_table(["class", "precision", "recall", "F1", "support"], [
+        (c, _fmt(s["precision"]), _fmt(s["recall"]), _fmt(s["f1"]), s["support"]) for c, s in cla["per_class"].items()
+    ])
+    parts = [
+        f"<p>Run <code>{html.escape(metrics['run'])}</code>, checkpoint of epoch {metrics['epoch']}, data "
+        f"<code>{html.escape(metrics['data'])}</code>, validation {html.escape(metrics['split'])}. "
+        "Predictions recomputed with project.predict; numbers from project.evaluate.</p>",
+        summary, "<h2>Per-class</h2>", per_class,
+    ]
+    for name in plots:
+        parts.append(f"<h2>{html.escape(PLOTS[name])}</h2><img src='{name}' alt='{name}'>")
+    if "gradcam_wrong.png" not in plots:
+        parts.append("<p>No wrong predictions: no Grad-CAM of errors.</p>")
+    return _html_page(f"Validation report: {Path(metrics['run']).name}", "\n".join(parts))
+
+
+def build_report(
+    run: Path, out: Path, data: Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
+    tta: bool = False, cam_cases: int = 4,
+) -> dict:
+    """Write OUT/index.html, its PNGs, metrics.json, predictions.csv, pred/ and gt/; returns the metrics."""
+    run, out = Path(run), Path(out)
+    validation = predict_validation(run, data, device, batch_size, workers, tta)
+    if not validation.samples:
+        raise ReportError(f"{run}: no readable validation image")
+    labels = np.array([s.label for s in validation.samples])
+    cla = write_prediction_files(validation, out)
+    metrics = {
+        "run": str(run), "data": str(validation.data), "checkpoint": str(validation.member.path),
+        "epoch": validation.member.config.epoch, "split": validation.split, "classes": validation.classes,
+        "checkpoint_metrics": validation.member.config.metrics, "skipped": validation.skipped, "cla": cla,
+        "malignancy": malignancy(validation), "calibration": calibration(validation.probs, labels),
+    }
+    plot_learning_curves(_read_summary(run), out / "learning_curves.png")
+    plot_confusion_matrices({"BI-RADS": np.asarray(cla["confusion_matrix"])}, {"BI-RADS": validation.classes},
+                            out / "confusion_matrix.png")
+    plot_per_class(cla, out / "per_class.png")
+    plot_roc(metrics["malignancy"], out / "roc_malignancy.png")
+    plot_reliability(metrics["calibration"], out / "reliability.png")
+    plots = ["learning_curves.png", "confusion_matrix.png", "per_class.png", "roc_malignancy.png", "reliability.png"]
+    right, wrong = pick_cases(validation.probs, labels, cam_cases)
+    torch_device = next(validation.member.model.parameters()).device
+    for name, cases in (("gradcam_right.png", right), ("gradcam_wrong.png", wrong)):
+        if cases:
+            plot_gradcam(validation, cases, torch_device, out / name)
+            plots.append(name)
+    metrics["gradcam"] = {"target_layer": gradcam_target_layer(validation.member.model)[0],
+                          "right": [validation.samples[i].path.name for i in right],
+                          "wrong": [validation.samples[i].path.name for i in wrong]}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "index.html", _report_html(metrics, plots))
+    return metrics
+
+
+def fold_figures(metrics: Mapping) -> dict[str, float | None]:
+    """The cross-validation columns of one report's metrics.json."""
+    cla, mal = metrics["cla"], metrics["malignancy"]
+    return {"n": cla["n"], "macro_f1": cla["macro_f1"], "accuracy": cla["accuracy"], "kappa": cla["kappa"],
+            "auc_birads": _auc_of(mal["birads"]), "auc_biopsy": _auc_of(mal["biopsy"])}
+
+
+def summarise_folds(metrics_by_fold: Mapping[str, Mapping]) -> list[dict]:
+    """One row per fold, then 'mean' and 'sd' (sample sd, over the folds where a figure is defined)."""
+    rows = [{"fold": name, **fold_figures(m)} for name, m in metrics_by_fold.items()]
+    mean, sd = {"fold": "mean", "n": sum(r["n"] for r in rows)}, {"fold": "sd", "n": None}
+    for column in CV_COLUMNS:
+        values = np.array([r[column] for r in rows if r[column] is not None], dtype=float)
+        mean[column] = float(values.mean()) if len(values) else None
+        sd[column] = float(values.std(ddof=1)) if len(values) > 1 else None
+    return rows + [mean, sd]
+
+
+def format_cv_table(rows: Sequence[Mapping]) -> str:
+    """Markdown table: the folds, then mean ± sd."""
+    folds, mean, sd = rows[:-2], rows[-2], rows[-1]
+    lines = ["| fold | images | " + " | ".join(CV_COLUMNS.values()) + " |",
+             "|---|---:|" + "---:|" * len(CV_COLUMNS)]
+    for row in folds:
+        lines.append(f"| {row['fold']} | {row['n']} | " + " | ".join(_fmt(row[c]) for c in CV_COLUMNS) + " |")
+    cells = [f"{_fmt(mean[c])} ± {_fmt(sd[c])}" if mean[c] is not None else "n/a" for c in CV_COLUMNS]
+    lines.append(f"| **mean ± sd** | {mean['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def cross_validation_report(runs: Sequence[Path], out: Path, data: Path | None = None, **options) -> list[dict]:
+    """A report per run in OUT/<run name>/, then OUT/cv.md, cv.csv, cv.json and index.html with the table."""
+    names = [Path(r).name for r in runs]
+    if len(set(names)) != len(names):
+        raise ReportError(f"run folder names must differ, got {names}")
+    out = Path(out)
+    metrics = {name: build_report(Path(run), out / name, data, **options) for name, run in zip(names, runs)}
+    rows = summarise_folds(metrics)
+    table = format_cv_table(rows)
+    atomic_write_text(out / "cv.md", table)
+    columns = ["fold", "n", *CV_COLUMNS]
+    atomic_write_csv(out / "cv.csv", columns, [[r[c] for c in columns] for r in rows])
+    atomic_write_text(out / "cv.json", json.dumps(rows, indent=2) + "\n")
+    links = "".join(f"<li><a href='{html.escape(n)}/index.html'>{html.escape(n)}</a>: "
+                    f"{html.escape(metrics[n]['split'])}</li>" for n in names)
+    header = ["fold", "images", *CV_COLUMNS.values()]
+    body = [[r["fold"], r["n"], *(_fmt(r[c]) for c in CV_COLUMNS)] for r in rows]
+    page = _html_page("Cross-validation", _html_table(header, body) + f"<ul>{links}</ul>")
+    atomic_write_text(out / "index.html", page)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m project.report",
+        description="HTML validation report of a classification run, or a cross-validation table over runs.",
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", type=Path, help="run folder (args.yaml, summary.csv, best.safetensors)")
+    which.add_argument("--cv", type=Path, nargs="+", metavar="RUN", help="one run folder per fold")
+    parser.add_argument("--data", type=Path, help="dataset root (default: the run's --data in args.yaml)")
+    parser.add_argument("--out", type=Path, required=True, help="report folder")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--cam-cases", type=int, default=4, help="Grad-CAM images of right and of wrong cases")
+    args = parser.parse_args(argv)
+    options = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers, "tta": args.tta,
+               "cam_cases": args.cam_cases}
+    try:
+        if args.cv:
+            print(format_cv_table(cross_validation_report(args.cv, args.out, args.data, **options)), end="")
+        else:
+            metrics = build_report(args.run, args.out, args.data, **options)
+            print(f"{args.out / 'index.html'}: accuracy {metrics['cla']['accuracy']:.4f}, "
+                  f"macro-F1 {metrics['cla']['macro_f1']:.4f}, kappa {_fmt(metrics['cla']['kappa'])}, "
+                  f"malignancy AUC {_fmt(_auc_of(metrics['malignancy']['birads']))}")
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The validation report on phantom runs: files, valid plots, numbers equal to project.evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from project.data.layout import Sample
+from project.evaluate import evaluate_folders
+from project.metrics import classification_report
+from project.models.convnext import build_my_convnext
+from project.report import (
+    ReportError,
+    Validation,
+    build_report,
+    calibration,
+    format_cv_table,
+    gradcam_target_layer,
+    main,
+    malignancy,
+    malignancy_index,
+    summarise_folds,
+)
+from project.training import run
+
+TINY = ["--model", "convnext_atto", "--img-size", "32", "--epochs", "1", "--batch-size", "16", "--workers", "0"]
+PHANTOM_CLASSES = ["2", "3", "4A", "4B", "4C", "5"]
+
+
+@pytest.fixture(scope="module")
+def fold_runs(phantom_small: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two one-epoch runs, the two folds of a 2-fold split of the phantom."""
+    root = tmp_path_factory.mktemp("runs")
+    runs = [root / f"fold{k}" for k in (0, 1)]
+    for k, out in enumerate(runs):
+        run(["--data", str(phantom_small), "--out", str(out), "--folds", "2", "--fold", str(k), *TINY], "cla")
+    return runs
+
+
+@pytest.fixture(scope="module")
+def report(fold_runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("report")
+    return out, build_report(fold_runs[0], out, cam_cases=3)
+
+
+def _predictions(out: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with (out / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["img_name", "label", *(f"prob_{k}" for k in range(len(PHANTOM_CLASSES)))]
+    probs = np.array([[float(row[f"prob_{k}"]) for k in range(len(PHANTOM_CLASSES))] for row in rows])
+    return [r["img_name"] for r in rows], np.array([int(r["label"]) for r in rows]), probs
+
+
+def test_report_files_and_plots(report: tuple[Path, dict]) -> None:
+    out, metrics = report
+    page = (out / "index.html").read_text(encoding="utf-8")
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    cams = {f"gradcam_{kind}.png" for kind in ("right", "wrong") if metrics["gradcam"][kind]}
+    assert set(pngs) == {"learning_curves.png", "confusion_matrix.png", "per_class.png", "roc_malignancy.png",
+                         "reliability.png", *cams}
+    assert set(re.findall(r"src='([^']+\.png)'", page)) == set(pngs)
+    for name in pngs:
+        with Image.open(out / name) as image:
+            image.verify()
+        with Image.open(out / name) as image:
+            pixels = np.asarray(image.convert("L"))
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 0, name
+    for name in ("metrics.json", "predictions.csv", "pred/cla_pre.csv", "gt/cla_gt.csv"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_numbers_match_project_evaluate_and_the_training_run(report: tuple[Path, dict], phantom_small: Path) -> None:
+    out, returned = report
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics == json.loads(json.dumps(returned))
+    assert metrics["cla"] == json.loads(json.dumps(evaluate_folders(out / "pred", out / "gt", PHANTOM_CLASSES)["cla"]))
+    names, labels, probs = _predictions(out)
+    recomputed = classification_report(labels, probs.argmax(axis=1), PHANTOM_CLASSES)
+    for key in ("score", "accuracy", "macro_f1", "kappa", "per_class", "confusion_matrix"):
+        assert metrics["cla"][key] == recomputed[key], key
+    # The report rebuilt the trainer's validation split: half the 48 phantom cla images, same accuracy.
+    assert metrics["cla"]["n"] == len(names) == 24
+    assert metrics["cla"]["accuracy"] == pytest.approx(metrics["checkpoint_metrics"]["accuracy"])
+    assert metrics["split"] == "fold 0 of 2 (seed 0)"
+    malignant = (labels >= 2).astype(int)
+    assert metrics["malignancy"]["positive_from"] == "4A"
+    assert metrics["malignancy"]["birads"]["auc"] == pytest.approx(roc_auc_score(malignant, probs[:, 2:].sum(axis=1)),
+                                                                   abs=1e-5)
+    assert metrics["malignancy"]["biopsy"] is None
+    assert 0 <= metrics["calibration"]["ece"] <= 1
+    assert metrics["gradcam"]["target_layer"] == "stages.3"
+    assert len(metrics["gradcam"]["right"]) + len(metrics["gradcam"]["wrong"]) > 0
+
+
+def test_cross_validation_table(fold_runs: list[Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cv"
+    assert main(["--cv", *map(str, fold_runs), "--out", str(out), "--cam-cases", "1"]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((out / "cv.json").read_text(encoding="utf-8"))
+    assert [r["fold"] for r in rows] == ["fold0", "fold1", "mean", "sd"]
+    per_fold = [json.loads((out / name / "metrics.json").read_text(encoding="utf-8")) for name in ("fold0", "fold1")]
+    accuracies = [m["cla"]["accuracy"] for m in per_fold]
+    assert rows[2]["accuracy"] == pytest.approx(np.mean(accuracies))
+    assert rows[3]["accuracy"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert rows[2]["n"] == 48 and rows[2]["auc_biopsy"] is None
+    assert f"{np.mean(accuracies):.4f} ± {np.std(accuracies, ddof=1):.4f}" in printed
+    assert printed == (out / "cv.md").read_text(encoding="utf-8")
+    assert "fold0/index.html" in (out / "index.html").read_text(encoding="utf-8")
+
+
+def test_summarise_folds_skips_undefined_figures() -> None:
+    def fold(accuracy: float, biopsy: float | None) -> dict:
+        cla = {"n": 10, "macro_f1": accuracy / 2, "accuracy": accuracy, "kappa": None}
+        return {"cla": cla, "malignancy": {"birads": {"auc": 0.5}, "biopsy": biopsy and {"auc": biopsy}}}
+
+    rows = summarise_folds({"a": fold(0.6, 0.8), "b": fold(0.8, None), "c": fold(1.0, 0.9)})
+    mean, sd = rows[-2], rows[-1]
+    assert mean["accuracy"] == pytest.approx(0.8) and sd["accuracy"] == pytest.approx(0.2)
+    assert mean["auc_biopsy"] == pytest.approx(0.85) and mean["kappa"] is None and mean["n"] == 30
+    assert "| **mean ± sd** | 30 | 0.4000 ± 0.1000 | 0.8000 ± 0.2000 | n/a |" in format_cv_table(rows)
+
+
+def test_malignancy_uses_biopsy_truth_where_known() -> None:
+    pathology = ["malignant", "benign", "", "malignant", "benign"]
+    samples = [Sample(Path(f"{i}.png"), label=label, extra={"pathology": p} if p else {})
+               for i, (label, p) in enumerate(zip([2, 0, 3, 1, 3], pathology))]
+    probs = np.array([[0.1, 0.1, 0.8, 0.0], [0.7, 0.2, 0.1, 0.0], [0.2, 0.2, 0.3, 0.3],
+                      [0.5, 0.1, 0.2, 0.2], [0.2, 0.5, 0.3, 0.0]])
+    validation = Validation(samples, probs, ["2", "3", "4", "5"], member=None, skipped={}, split="", data=Path())
+    result = malignancy(validation)
+    # P(≥4) = 0.8, 0.1, 0.6, 0.4, 0.3: biopsy over the four known images, BI-RADS ≥ 4 over all five.
+    assert result["biopsy"]["n"] == 4 and result["biopsy"]["auc"] == pytest.approx(1.0)
+    assert result["birads"]["n"] == 5 and result["birads"]["auc"] == pytest.approx(roc_auc_score(
+        [1, 0, 1, 0, 1], [0.8, 0.1, 0.6, 0.4, 0.3]))
+
+
+def test_malignancy_index_and_calibration() -> None:
+    assert malignancy_index(["2", "3", "4", "5"]) == 2
+    assert malignancy_index(PHANTOM_CLASSES) == 2
+    assert malignancy_index(["BI-RADS 3", "4类a", "5"]) == 1
+    with pytest.raises(ReportError, match="BI-RADS 4 or above"):
+        malignancy_index(["1", "2", "3"])
+    # Confidence 0.75 on four images of which three are right: calibrated; 0.95 with half right: ECE 0.45/2.
+    probs = np.array([[0.75, 0.25]] * 4 + [[0.95, 0.05]] * 4)
+    labels = np.array([0, 0, 0, 1, 0, 0, 1, 1])
+    result = calibration(probs, labels)
+    assert result["ece"] == pytest.approx(0.225)
+    assert [b["count"] for b in result["bins"]] == [0] * 7 + [4, 0, 4]
+
+
+def test_gradcam_layer_for_myconvnext_and_timm_fallback() -> None:
+    name, layer = gradcam_target_layer(build_my_convnext("convnext_atto", num_classes=4))
+    assert name == "stages.3"
+    resnet = timm.create_model("resnet18", num_classes=4)
+    assert gradcam_target_layer(resnet) == ("layer4", resnet.layer4)
+
+
+def test_missing_run_files_are_named(tmp_path: Path, capsys) -> None:
+    assert main(["--run", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert f"{tmp_path / 'args.yaml'}: not found" in capsys.readouterr().err
