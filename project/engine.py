@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -109,7 +110,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _reseed_worker(_: int) -> None:
+def init_worker(_: int) -> None:
+    """DataLoader worker set-up: a thread budget, and its own augmentation stream where there is one."""
+    # Workers share the cores with the model: one OpenCV thread each, or 2 cores get oversubscribed.
+    cv2.setNumThreads(1)
     info = torch.utils.data.get_worker_info()
     if hasattr(info.dataset, "reseed"):
         info.dataset.reseed(torch.initial_seed() % 2**32)
@@ -138,7 +142,7 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, sampler: Sample
         pin_memory=torch.cuda.is_available(),
         drop_last=train and len(dataset) > batch_size,
         persistent_workers=workers > 0,
-        worker_init_fn=_reseed_worker,
+        worker_init_fn=init_worker,
     )
 
 

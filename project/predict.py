@@ -17,7 +17,7 @@ from tqdm import tqdm
 from project.data.imageio import ImageReadError, read_image
 from project.data.submission import write_cla_csv, write_fea_csv
 from project.data.transforms import Preprocess, apply_with_box, build_resize, cut_black, to_tensor
-from project.engine import autocast_dtype
+from project.engine import autocast_dtype, init_worker
 from project.fileio import atomic_write_csv
 from project.models.checkpoint import CheckpointConfig, load_checkpoint
 
@@ -128,7 +128,7 @@ def predict_folder(
     for group in groups:
         loader = DataLoader(
             ImageFolderDataset(paths, group[0].preprocess), batch_size=batch_size, num_workers=workers,
-            collate_fn=_collate, pin_memory=device.type == "cuda", persistent_workers=False,
+            collate_fn=_collate, pin_memory=device.type == "cuda", worker_init_fn=init_worker,
         )
         for indices, images, bad in tqdm(loader, desc=desc, unit="batch", leave=False, disable=len(paths) == 0):
             errors.update(bad)

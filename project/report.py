@@ -31,7 +31,7 @@ from project.evaluate import evaluate_folders
 from project.fileio import atomic_write_csv, atomic_write_text, numeric_order_key
 from project.plots import plot_confusion_matrices, plot_learning_curves, save_figure
 from project.predict import ImageFolderDataset, Member, Predictions, load_members, predict_folder
-from project.training import split_samples
+from project.training import labelled_samples, split_samples
 
 ARGS_FILE = "args.yaml"
 MALIGNANT_FROM = 4  # BI-RADS 4 and above: biopsy recommended
@@ -95,7 +95,7 @@ def validation_samples(args: argparse.Namespace, root: Path) -> tuple[list[Sampl
         scan, config = load_split(root, "train", "cla")
     except NotADataset as exc:
         raise ReportError(f"{exc}; pass --data to point at the run's dataset") from None
-    samples = [s for s in scan.samples if s.label is not None]
+    samples = labelled_samples(scan.samples)
     if not samples:
         raise ReportError(f"{root}: no labelled classification images")
     _, val = split_samples(samples, args)

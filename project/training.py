@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -138,57 +139,94 @@ def _build_model(args: argparse.Namespace, name: str, kwargs: dict) -> torch.nn.
     return model
 
 
-def run(argv: Sequence[str] | None, kind: str) -> dict[str, float]:
-    """Train one model as the command line says; returns the best epoch's metrics."""
-    args = parse_with_config(build_parser(kind), argv)
-    try:
-        scan, dataset_config = load_split(args.data, "train", kind)
-    except NotADataset as exc:
-        raise SystemExit(str(exc)) from None
-    labels = list(dataset_config.classes if kind == "cla" else dataset_config.tasks)
-    samples = [s for s in scan.samples if s.label is not None or any(v is not None for v in s.features.values())]
-    if not samples:
-        raise SystemExit(f"{args.data}: no labelled {kind} images found")
-    rank, world_size = init_distributed()
-    if is_main_process():
-        args.out.mkdir(parents=True, exist_ok=True)
-        save_args(args, args.out / "args.yaml")
-        if scan.problems:
-            print(f"{len(scan.problems)} dataset problem(s); run `python -m project.doctor {args.data}`. First:",
-                  *scan.problems[:5], sep="\n  ", file=sys.stderr)
-    train_samples, val_samples = split_samples(samples, args)
-    preprocess = _preprocess(args)
-    augment = AugmentConfig(**args.augment_options) if args.augment else None
-    train_data = LesionDataset(train_samples, preprocess, kind, augment, CutMixConfig(p=args.cutmix), seed=args.seed)
-    val_data = LesionDataset(val_samples, preprocess, kind)
-    criterion = _criterion(args, kind, train_samples, labels)
-    task = ClassificationTask(labels, criterion) if kind == "cla" else FeatureTask(labels, criterion)
-    name, kwargs = model_spec(args, kind, labels)
-    model = _build_model(args, name, kwargs)
-    sampler, batch_transform = None, None
-    if kind == "cla" and args.oversample:
-        weights = class_draw_weights([s.label for s in train_samples], len(labels), args.class_weights)
-        sampler = OversamplingSampler(weights, seed=args.seed, rank=rank, world_size=world_size)
-    if kind == "cla" and args.mixup > 0:
-        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(labels))
-        batch_transform = mixup
-    engine_config = EngineConfig(
+def labelled_samples(scan_samples: Sequence[Sample]) -> list[Sample]:
+    """Samples with a class or at least one known feature value."""
+    return [s for s in scan_samples if s.label is not None or any(v is not None for v in s.features.values())]
+
+
+@dataclass
+class Setup:
+    """Everything a training run is built from; `prepare` makes it, `run` hands it to the engine."""
+
+    labels: list[str]
+    train_samples: list[Sample]
+    val_samples: list[Sample]
+    train_data: LesionDataset
+    val_data: LesionDataset
+    task: ClassificationTask | FeatureTask
+    model: torch.nn.Module
+    sampler: OversamplingSampler | None
+    batch_transform: Mixup | None
+    engine_config: EngineConfig
+    checkpoint_config: CheckpointConfig
+
+
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, restarts=args.restarts, amp=args.amp,
         channels_last=args.channels_last, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
         patience=args.patience, seed=args.seed, deterministic=args.deterministic, workers=args.workers,
         stages=[Stage(**stage) for stage in args.stages] if args.stages else None, device=args.device,
     )
-    checkpoint_config = CheckpointConfig(
-        task=kind, model_name=name, model_kwargs=kwargs, labels=labels, preprocess=preprocess.to_dict(),
+
+
+def prepare(args: argparse.Namespace, kind: str, rank: int = 0, world_size: int = 1) -> Setup:
+    """Data, split, datasets, loss, model and configs for `kind` as the parsed arguments say."""
+    try:
+        scan, dataset_config = load_split(args.data, "train", kind)
+    except NotADataset as exc:
+        raise SystemExit(str(exc)) from None
+    labels = list(dataset_config.classes if kind == "cla" else dataset_config.tasks)
+    samples = labelled_samples(scan.samples)
+    if not samples:
+        raise SystemExit(f"{args.data}: no labelled {kind} images found")
+    if scan.problems and is_main_process():
+        print(f"{len(scan.problems)} dataset problem(s); run `python -m project.doctor {args.data}`. First:",
+              *scan.problems[:5], sep="\n  ", file=sys.stderr)
+    train_samples, val_samples = split_samples(samples, args)
+    preprocess = _preprocess(args)
+    augment = AugmentConfig(**args.augment_options) if args.augment else None
+    criterion = _criterion(args, kind, train_samples, labels)
+    name, kwargs = model_spec(args, kind, labels)
+    sampler, batch_transform = None, None
+    if kind == "cla" and args.oversample:
+        weights = class_draw_weights([s.label for s in train_samples], len(labels), args.class_weights)
+        sampler = OversamplingSampler(weights, seed=args.seed, rank=rank, world_size=world_size)
+    if kind == "cla" and args.mixup > 0:
+        batch_transform = Mixup(mixup_alpha=args.mixup, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(labels))
+    return Setup(
+        labels=labels,
+        train_samples=train_samples,
+        val_samples=val_samples,
+        train_data=LesionDataset(train_samples, preprocess, kind, augment, CutMixConfig(p=args.cutmix), seed=args.seed),
+        val_data=LesionDataset(val_samples, preprocess, kind),
+        task=ClassificationTask(labels, criterion) if kind == "cla" else FeatureTask(labels, criterion),
+        model=_build_model(args, name, kwargs),
+        sampler=sampler,
+        batch_transform=batch_transform,
+        engine_config=_engine_config(args),
+        checkpoint_config=CheckpointConfig(
+            task=kind, model_name=name, model_kwargs=kwargs, labels=labels, preprocess=preprocess.to_dict()
+        ),
     )
+
+
+def run(argv: Sequence[str] | None, kind: str) -> dict[str, float]:
+    """Train one model as the command line says; returns the best epoch's metrics."""
+    args = parse_with_config(build_parser(kind), argv)
+    rank, world_size = init_distributed()
     if is_main_process():
-        print(f"{kind}: {len(train_samples)} train / {len(val_samples)} validation images, "
-              f"labels {labels}, model {name} {kwargs}", flush=True)
-    trainer = Trainer(model, task, train_data, val_data, args.out, engine_config, checkpoint_config,
-                      train_sampler=sampler, batch_transform=batch_transform)
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_args(args, args.out / "args.yaml")
+    setup = prepare(args, kind, rank, world_size)
+    if is_main_process():
+        print(f"{kind}: {len(setup.train_samples)} train / {len(setup.val_samples)} validation images, "
+              f"labels {setup.labels}, model {setup.checkpoint_config.model_name} "
+              f"{setup.checkpoint_config.model_kwargs}", flush=True)
+    trainer = Trainer(setup.model, setup.task, setup.train_data, setup.val_data, args.out, setup.engine_config,
+                      setup.checkpoint_config, train_sampler=setup.sampler, batch_transform=setup.batch_transform)
     best = trainer.fit()
     if is_main_process() and best:
         print("best: " + " ".join(f"{k}={v:.4f}" for k, v in best.items()), flush=True)
     return best
-
