@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -111,9 +110,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def init_worker(_: int) -> None:
-    """DataLoader worker set-up: a thread budget, and its own augmentation stream where there is one."""
-    # Workers share the cores with the model: one OpenCV thread each, or 2 cores get oversubscribed.
-    cv2.setNumThreads(1)
+    """DataLoader worker set-up: its own augmentation stream where the dataset has one."""
     info = torch.utils.data.get_worker_info()
     if hasattr(info.dataset, "reseed"):
         info.dataset.reseed(torch.initial_seed() % 2**32)

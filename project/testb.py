@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 from project.data.layout import list_images
 from project.data.submission import ID_STYLES
@@ -35,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads on CPU (default: the cores left over by the loader workers)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument("--id-style", choices=ID_STYLES, default="name", help="img_name column, or id 1..N")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any image could not be read")
@@ -66,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if not folders:
         raise UsageError(f"{test_dir}: holds neither cla/ nor fea/")
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - args.workers))
     weights = {
         kind: checkpoints_for(kind, args.cls_weights if kind == "cla" else args.fea_weights, args.weights_dir)
         for kind in folders

@@ -54,7 +54,8 @@ class Preprocess:
 
 def black_border_crop(image: np.ndarray, config: CutBlackConfig) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) bounds keeping the rows and columns that are not mostly black."""
-    grey = image.max(axis=2) if image.ndim == 3 else image
+    # Pairwise np.maximum is an order of magnitude faster than max(axis=2) on HxWx3 uint8.
+    grey = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2]) if image.ndim == 3 else image
     black = grey <= config.threshold
     rows = np.flatnonzero(black.mean(axis=1) <= config.max_black_fraction)
     cols = np.flatnonzero(black.mean(axis=0) <= config.max_black_fraction)
