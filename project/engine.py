@@ -245,6 +245,7 @@ class Trainer:
         self.best_score = -math.inf
         self.stale_epochs = 0
         self.epoch = 0
+        self.stage_index: int | None = None
         self.writer = SummaryWriter(str(self.out_dir / "tensorboard")) if is_main_process() else None
 
     # The model whose weights are judged and saved: the EMA copy when EMA is on.
@@ -263,7 +264,9 @@ class Trainer:
     def _stage_start(self, index: int) -> int:
         return sum(stage.epochs for stage in self.config.plan()[:index])
 
-    def _begin_stage(self, stage: Stage) -> None:
+    def _begin_stage(self, index: int, stage: Stage) -> None:
+        """Fresh optimizer and schedule for a stage; called once per stage, not per epoch."""
+        self.stage_index = index
         params = _trainable(self.model, stage)
         self.optimizer = _optimizer(params, stage.lr, self.config.weight_decay)
         self.scheduler = _scheduler(self.optimizer, self.config, stage, len(self.train_loader))
@@ -271,13 +274,11 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to the end of the plan or early stop; returns the best epoch's metrics."""
         total_epochs = sum(stage.epochs for stage in self.config.plan())
-        resumed = self._resume()
+        self._resume()
         while self.epoch < total_epochs:
             index, stage = self._stage_at(self.epoch)
-            if not resumed or self.epoch == self._stage_start(index):
-                if not resumed or self.epoch > 0:
-                    self._begin_stage(stage)
-            resumed = False
+            if index != self.stage_index:
+                self._begin_stage(index, stage)
             started = time.perf_counter()
             train_loss, images = self._train_epoch(index)
             speed = images * self.world_size / (time.perf_counter() - started)
@@ -407,11 +408,11 @@ class Trainer:
         torch.save(state, buffer)
         atomic_write_bytes(self.out_dir / RESUME_STATE, buffer.getvalue())
 
-    def _resume(self) -> bool:
+    def _resume(self) -> None:
         """Continue from `last_state.pt` when the run folder has one (loaded without pickle)."""
         path = self.out_dir / RESUME_STATE
         if not path.is_file():
-            return False
+            return
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
@@ -423,12 +424,11 @@ class Trainer:
         total_epochs = sum(stage.epochs for stage in self.config.plan())
         if self.epoch < total_epochs:
             index, stage = self._stage_at(self.epoch)
-            self._begin_stage(stage)
+            self._begin_stage(index, stage)
             if self.epoch > self._stage_start(index):
                 self.optimizer.load_state_dict(state["optimizer"])
                 self.scheduler.load_state_dict(state["scheduler"])
                 self.scaler.load_state_dict(state["scaler"])
         if is_main_process():
             print(f"resumed from {path} after epoch {self.epoch}", flush=True)
-        return True
 

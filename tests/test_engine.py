@@ -25,6 +25,11 @@ def _summary(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def _optimizer_steps(run_dir: Path) -> int:
+    state = torch.load(run_dir / "last_state.pt", weights_only=True)["optimizer"]["state"]
+    return int(next(iter(state.values()))["step"])
+
+
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path: Path) -> None:
     kwargs = {"backbone": "convnext_atto", "num_classes": 4}
     model = create_model("my_convnext", **kwargs).eval()
@@ -69,11 +74,14 @@ def test_run_folder_and_resume_continue_the_schedule(phantom_small: Path, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         run(argv, "cla")
     assert len(_summary(interrupted)) == 1
+    steps_per_epoch = _optimizer_steps(interrupted)
     monkeypatch.setattr(Trainer, "_end_epoch", original)
     run(argv, "cla")
     resumed, reference = _summary(interrupted), _summary(straight)
     assert [row["epoch"] for row in resumed] == ["1", "2", "3"]
     assert [float(r["lr"]) for r in resumed] == pytest.approx([float(r["lr"]) for r in reference])
+    # AdamW's state accumulates over epochs and survives the resume.
+    assert _optimizer_steps(straight) == _optimizer_steps(interrupted) == 3 * steps_per_epoch
 
 
 def test_staged_unfreezing_trains_only_the_named_groups(phantom_small: Path, tmp_path: Path, monkeypatch) -> None:

@@ -21,7 +21,7 @@ def phantom_learning(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from project.phantom import generate_phantom
 
     out = tmp_path_factory.mktemp("learning") / "data"
-    generate_phantom(out, n_train=1200, n_test=10, size=96, seed=3)
+    generate_phantom(out, n_train=2000, n_test=10, size=96, seed=3)
     return out
 
 
