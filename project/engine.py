@@ -77,6 +77,7 @@ class EngineConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.0
     patience: int = 0
+    select: str = "best"  # "last": the checkpoint holds the final epoch, no selection on the validation set
     seed: int = 0
     deterministic: bool = False
     workers: int = 2
@@ -358,9 +359,10 @@ class Trainer:
             improved = row["val_score"] > self.best_score
             if improved:
                 self.best_score, self.stale_epochs = row["val_score"], 0
-                self._save_best(evaluation)
             else:
                 self.stale_epochs += 1
+            if improved or self.config.select == "last":
+                self._save_checkpoint(evaluation)
             self._save_resume_state()
             stop[0] = 0 < self.config.patience <= self.stale_epochs
         if dist.is_initialized():
@@ -380,7 +382,7 @@ class Trainer:
         plot_learning_curves(self.history, self.out_dir / "learning_curves.png")
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
-    def _save_best(self, evaluation: Evaluation) -> None:
+    def _save_checkpoint(self, evaluation: Evaluation) -> None:
         config = self.checkpoint_config
         config.metrics = {k: float(v) for k, v in evaluation.metrics.items()}
         config.thresholds = dict(evaluation.thresholds)

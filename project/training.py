@@ -53,6 +53,8 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     add("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 switches clipping off")
     add("--ema-decay", type=float, default=0.0, help="EMA of weights (e.g. 0.999); 0 = off")
     add("--patience", type=int, default=0, help="early stopping after this many epochs without a better score")
+    add("--select", choices=("best", "last"), default="best",
+        help="checkpoint of the best validation epoch, or of the last (unbiased figures for cross-validation)")
     add("--seed", type=int, default=0)
     add("--deterministic", action="store_true")
     add("--workers", type=int, default=2)
@@ -166,7 +168,7 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, restarts=args.restarts, amp=args.amp,
         channels_last=args.channels_last, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
-        patience=args.patience, seed=args.seed, deterministic=args.deterministic, workers=args.workers,
+        patience=args.patience, select=args.select, seed=args.seed, deterministic=args.deterministic, workers=args.workers,
         stages=[Stage(**stage) for stage in args.stages] if args.stages else None, device=args.device,
     )
 

@@ -58,6 +58,8 @@ def test_run_folder_and_resume_continue_the_schedule(phantom_small: Path, tmp_pa
     for name in ("args.yaml", "summary.csv", "best.safetensors", "learning_curves.png", "confusion_matrix.png"):
         assert (straight / name).stat().st_size > 0, name
     assert any((straight / "tensorboard").iterdir())
+    scores = [float(row["val_score"]) for row in _summary(straight)]
+    assert read_config(straight / "best.safetensors").epoch == 1 + scores.index(max(scores))
 
     from project.engine import Trainer
 
@@ -82,6 +84,14 @@ def test_run_folder_and_resume_continue_the_schedule(phantom_small: Path, tmp_pa
     assert [float(r["lr"]) for r in resumed] == pytest.approx([float(r["lr"]) for r in reference])
     # AdamW's state accumulates over epochs and survives the resume.
     assert _optimizer_steps(straight) == _optimizer_steps(interrupted) == 3 * steps_per_epoch
+
+
+def test_select_last_keeps_the_final_epoch(phantom_small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "last"
+    run(["--data", str(phantom_small), "--out", str(out), "--epochs", "3", "--select", "last", *TINY_CLS], "cla")
+    config = read_config(out / "best.safetensors")
+    assert config.epoch == 3
+    assert config.metrics["score"] == pytest.approx(float(_summary(out)[-1]["val_score"]))
 
 
 def test_staged_unfreezing_trains_only_the_named_groups(phantom_small: Path, tmp_path: Path, monkeypatch) -> None:
