@@ -168,7 +168,8 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, restarts=args.restarts, amp=args.amp,
         channels_last=args.channels_last, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
-        patience=args.patience, select=args.select, seed=args.seed, deterministic=args.deterministic, workers=args.workers,
+        patience=args.patience, select=args.select, seed=args.seed, deterministic=args.deterministic,
+        workers=args.workers,
         stages=[Stage(**stage) for stage in args.stages] if args.stages else None, device=args.device,
     )
 

@@ -170,29 +170,65 @@ def apply_modality_lut(arr: np.ndarray, source: VOIParams | Dataset) -> np.ndarr
     return arr
 
 
-def _window_np(arr: np.ndarray, center: float, width: float, function: str, y_min: float, y_max: float) -> np.ndarray:
-    y_range = y_max - y_min
-    x = arr.astype(np.float64)
-    if function in ("LINEAR", "LINEAR_EXACT"):
-        if function == "LINEAR":
-            if width < 1:
-                raise ValueError("Window Width must be >= 1 for a LINEAR windowing operation")
-            center -= 0.5
-            width -= 1
-        elif width <= 0:
-            raise ValueError("Window Width must be > 0 for a LINEAR_EXACT windowing operation")
-        below = x <= (center - width / 2)
-        above = x > (center + width / 2)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = ((x - center) / width + 0.5) * y_range + y_min if width > 0 else x.copy()
-        out[below] = y_min
-        out[above] = y_max
-        return out
-    if function == "SIGMOID":
+def _namespace(x: Any) -> Any:
+    """numpy for an ndarray, torch for a tensor: the window and the output scaling are written once for both."""
+    if isinstance(x, np.ndarray):
+        return np
+    import torch
+
+    return torch
+
+
+def _window_geometry(center: float, width: float, function: str) -> tuple[float, float]:
+    """Validated (centre, width) as the window formula uses them (LINEAR shifts both by a half / one)."""
+    if function == "LINEAR":
+        if width < 1:
+            raise ValueError("Window Width must be >= 1 for a LINEAR windowing operation")
+        return center - 0.5, width - 1
+    if function in ("LINEAR_EXACT", "SIGMOID"):
         if width <= 0:
-            raise ValueError("Window Width must be > 0 for a SIGMOID windowing operation")
-        return y_range / (1 + np.exp(-4 * (x - center) / width)) + y_min
+            raise ValueError(f"Window Width must be > 0 for a {function} windowing operation")
+        return center, width
     raise ValueError(f"Unsupported VOI LUT Function {function!r}")
+
+
+def _window(x: Any, center: float, width: float, function: str, y_min: float, y_max: float) -> Any:
+    """The VOI window on a float ndarray or tensor, mapping into [y_min, y_max]."""
+    xp = _namespace(x)
+    center, width = _window_geometry(center, width, function)
+    y_range = y_max - y_min
+    if function == "SIGMOID":
+        return y_range / (1 + xp.exp(-4 * (x - center) / width)) + y_min
+    out = ((x - center) / width + 0.5) * y_range + y_min if width > 0 else x
+    out = xp.where(x <= center - width / 2, y_min, out)
+    return xp.where(x > center + width / 2, y_max, out)
+
+
+def _to_unit(y: Any, lo: float, hi: float, invert: bool) -> Any:
+    """VOI output scaled from its range [lo, hi] to [0, 1], inverted for MONOCHROME1."""
+    unit = (y - lo) / (hi - lo) if hi > lo else y * 0
+    return 1.0 - unit if invert else unit
+
+
+def _finish(unit: Any, output: OutputKind) -> Any:
+    """[0, 1] values as float32, or rounded to the full range of uint8 / uint16."""
+    xp = _namespace(unit)
+    if output == "float":
+        return _cast(unit, "float32")
+    if output not in ("uint8", "uint16"):
+        raise ValueError(f"output must be float, uint8 or uint16, not {output!r}")
+    top = 255.0 if output == "uint8" else 65535.0
+    return _cast(xp.round(xp.clip(unit, 0.0, 1.0) * top), output)
+
+
+def _cast(x: Any, dtype: str) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.astype(dtype)
+    import torch
+
+    if dtype == "uint16":  # torch casts float to uint16 only through a wider integer
+        return x.to(torch.int32).to(torch.uint16)
+    return x.to(getattr(torch, dtype))
 
 
 @dataclass(frozen=True)
@@ -260,19 +296,9 @@ def _apply_voi_np(
         return _apply_lut_np(arr, choice.lut), (float(data.min()), float(data.max()))
     if choice.kind == "window":
         y_min, y_max = params.modality_range()
-        out = _window_np(arr, choice.center, choice.width, choice.function, y_min, y_max)
+        out = _window(arr.astype(np.float64), choice.center, choice.width, choice.function, y_min, y_max)
         return out, (y_min, y_max)
     return arr, None
-
-
-def _finish_np(unit: np.ndarray, output: OutputKind) -> np.ndarray:
-    if output == "float":
-        return unit.astype(np.float32)
-    if output == "uint8":
-        return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
-    if output == "uint16":
-        return np.rint(np.clip(unit, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    raise ValueError(f"output must be float, uint8 or uint16, not {output!r}")
 
 
 def to_display(
@@ -302,10 +328,7 @@ def to_display(
         hi = float(y.max()) if y.size else 1.0
     else:
         lo, hi = out_range
-    unit = (y - lo) / (hi - lo) if hi > lo else np.zeros_like(y)
-    if params.is_monochrome1 if invert is None else invert:
-        unit = 1.0 - unit
-    return _finish_np(unit, output)
+    return _finish(_to_unit(y, lo, hi, params.is_monochrome1 if invert is None else invert), output)
 
 
 # --------------------------------------------------------------------------- torch
@@ -325,8 +348,6 @@ def _int_tensor(x: torch.Tensor) -> torch.Tensor:
 
     if x.dtype == torch.uint16:
         return x.view(torch.int16).to(torch.int64) & 0xFFFF
-    if x.is_floating_point():
-        return x.to(torch.int64)
     return x.to(torch.int64)
 
 
@@ -382,46 +403,8 @@ def to_display_torch(
         lo, hi = float(choice.lut.data.min()), float(choice.lut.data.max())
     elif choice.kind == "window":
         lo, hi = params.modality_range()
-        y = _window_torch(y, choice.center, choice.width, choice.function, lo, hi)
+        y = _window(y, choice.center, choice.width, choice.function, lo, hi)
     else:
         lo = float(y.min()) if y.numel() else 0.0
         hi = float(y.max()) if y.numel() else 1.0
-    unit = (y - lo) / (hi - lo) if hi > lo else torch.zeros_like(y)
-    if params.is_monochrome1 if invert is None else invert:
-        unit = 1.0 - unit
-    if output == "float":
-        return unit.to(torch.float32)
-    if output == "uint8":
-        return torch.round(unit.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
-    if output == "uint16":
-        as_int = torch.round(unit.clamp(0.0, 1.0) * 65535.0).to(torch.int32)
-        return as_int.to(torch.uint16)
-    raise ValueError(f"output must be float, uint8 or uint16, not {output!r}")
-
-
-def _window_torch(
-    x: torch.Tensor, center: float, width: float, function: str, y_min: float, y_max: float
-) -> torch.Tensor:
-    import torch
-
-    y_range = y_max - y_min
-    if function in ("LINEAR", "LINEAR_EXACT"):
-        if function == "LINEAR":
-            if width < 1:
-                raise ValueError("Window Width must be >= 1 for a LINEAR windowing operation")
-            center -= 0.5
-            width -= 1
-        elif width <= 0:
-            raise ValueError("Window Width must be > 0 for a LINEAR_EXACT windowing operation")
-        if width > 0:
-            out = ((x - center) / width + 0.5) * y_range + y_min
-        else:
-            out = x.clone()
-        out = torch.where(x <= (center - width / 2), torch.full_like(x, y_min), out)
-        out = torch.where(x > (center + width / 2), torch.full_like(x, y_max), out)
-        return out
-    if function == "SIGMOID":
-        if width <= 0:
-            raise ValueError("Window Width must be > 0 for a SIGMOID windowing operation")
-        return y_range / (1 + torch.exp(-4 * (x - center) / width)) + y_min
-    raise ValueError(f"Unsupported VOI LUT Function {function!r}")
+    return _finish(_to_unit(y, lo, hi, params.is_monochrome1 if invert is None else invert), output)
