@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/infer_throughput.py
 	$(PY) bench/decode.py
+	$(PY) bench/scratch_learning.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check project tests bench run.py train_cls train_fea
