@@ -30,6 +30,7 @@ from project.models.factory import param_groups
 from project.plots import plot_confusion_matrices, plot_learning_curves
 
 BEST_CHECKPOINT = "best.safetensors"
+PROGRESS_EVERY = 10  # training steps between progress-bar updates
 RESUME_STATE = "last_state.pt"
 SUMMARY_FILE = "summary.csv"
 
@@ -302,7 +303,7 @@ class Trainer:
             self.train_sampler.set_epoch(self.epoch)
         steps_per_epoch = len(self.train_loader)
         step = (self.epoch - self._stage_start(stage_index)) * steps_per_epoch
-        total, count = 0.0, 0
+        total, count = torch.zeros((), device=self.device), 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1} train", disable=not is_main_process(),
                    leave=False, mininterval=2.0)
         for images, targets in bar:
@@ -315,10 +316,12 @@ class Trainer:
             self.scheduler.step_update(step)
             total += loss * len(images)
             count += len(images)
-            bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-        return total / max(count, 1), count
+            if step % PROGRESS_EVERY == 0:  # reading the loss waits for the device, so not every step
+                bar.set_postfix(loss=f"{float(total) / count:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                refresh=False)
+        return float(total) / max(count, 1), count
 
-    def _step(self, network: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> float:
+    def _step(self, network: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             loss = self.task.criterion(network(images), targets)
         self.optimizer.zero_grad(set_to_none=True)
@@ -330,7 +333,7 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model)
-        return float(loss.detach())
+        return loss.detach().float()
 
     @torch.inference_mode()
     def _evaluate(self) -> tuple[Evaluation | None, float]:
