@@ -206,7 +206,7 @@ def _window(x: Any, center: float, width: float, function: str, y_min: float, y_
 
 def _to_unit(y: Any, lo: float, hi: float, invert: bool) -> Any:
     """VOI output scaled from its range [lo, hi] to [0, 1], inverted for MONOCHROME1."""
-    unit = (y - lo) / (hi - lo) if hi > lo else y * 0
+    unit = (y - lo) / (hi - lo) if hi > lo else _namespace(y).zeros_like(y)
     return 1.0 - unit if invert else unit
 
 
