@@ -17,12 +17,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from project.config import parse_with_config  # noqa: E402
 from project.data.layout import load_split  # noqa: E402
 from project.engine import SUMMARY_FILE  # noqa: E402
 from project.fileio import atomic_write_csv  # noqa: E402
 from project.metrics import classification_score  # noqa: E402
 from project.phantom import generate_phantom  # noqa: E402
-from project.training import run, split_samples  # noqa: E402
+from project.training import build_parser, run, split_samples  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PHANTOM_CONFIG = ROOT / "configs" / "cls_phantom_cpu.yaml"
@@ -63,7 +64,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def baselines(data: Path) -> tuple[float, float]:
     """(majority-class score, expected score of uniform random guesses) on the trainer's validation split."""
     scan, _ = load_split(data, "train", "cla")
-    train, val = split_samples(scan.samples, argparse.Namespace(folds=0, fold=0, val_fraction=0.2, seed=0))
+    trainer_args = parse_with_config(build_parser("cla"), ["--config", str(PHANTOM_CONFIG), "--data", str(data),
+                                                           "--out", str(data.parent / "unused")])
+    train, val = split_samples(scan.samples, trainer_args)
     truth = np.array([s.label for s in val])
     majority = classification_score(truth, np.full_like(truth, np.bincount([s.label for s in train]).argmax()))
     rng = np.random.default_rng(0)
