@@ -40,6 +40,9 @@ ROWS: dict[str, list[str]] = {
                                   "--model-kwargs", '{"ls_init_value": 1.0}'],
     "convnext_atto-batchnorm": ["--model", "convnext_atto", "--lr", "1e-3", *NO_REGULARISATION,
                                 "--model-kwargs", '{"norm_layer": "batchnorm2d", "conv_mlp": true}'],
+    "convnext_atto-patch2": ["--model", "convnext_atto", "--lr", "1e-3", "--model-kwargs", '{"patch_size": 2}'],
+    "convnext_atto-patch2-noreg": ["--model", "convnext_atto", "--lr", "1e-3", *NO_REGULARISATION,
+                                   "--model-kwargs", '{"patch_size": 2}'],
 }
 CSV_HEADER = ("row", "best_val_score", "best_epoch", "last_val_score", "first_train_loss", "last_train_loss",
               "majority_baseline", "chance", "seconds")

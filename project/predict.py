@@ -14,9 +14,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from project.data.imageio import ImageReadError, read_image
+from project.data.imageio import ImageReadError
 from project.data.submission import write_cla_csv, write_fea_csv
-from project.data.transforms import Preprocess, apply_with_box, build_resize, cut_black, to_tensor
+from project.data.transforms import Preprocess, Preprocessor, to_tensor
 from project.engine import autocast_dtype, init_worker
 from project.fileio import atomic_write_csv
 from project.models.checkpoint import CheckpointConfig, load_checkpoint
@@ -66,7 +66,7 @@ class ImageFolderDataset(Dataset):
     def __init__(self, paths: Sequence[Path], preprocess: Preprocess) -> None:
         self.paths = list(paths)
         self.preprocess = preprocess
-        self.resize = build_resize(preprocess.img_size, preprocess.clahe)
+        self.preprocessor = Preprocessor(preprocess)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -74,10 +74,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         path = self.paths[index]
         try:
-            image = read_image(path)
-            if self.preprocess.cut_black is not None:
-                image, _ = cut_black(image, None, self.preprocess.cut_black)
-            image, _ = apply_with_box(self.resize, image, None)
+            image, _ = self.preprocessor(path)
         except ImageReadError as exc:
             return index, None, exc.cause
         except (ValueError, OSError, cv2.error) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import torch
 from timm.data import Mixup
 
 from project.config import parse_with_config, save_args
+from project.data.cache import UnreadableImages, cache_bytes, fits_in_memory
 from project.data.datasets import CutMixConfig, LesionDataset
 from project.data.layout import NotADataset, Sample, load_split
 from project.data.samplers import OversamplingSampler, class_draw_weights
@@ -58,6 +60,9 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     add("--seed", type=int, default=0)
     add("--deterministic", action="store_true")
     add("--workers", type=int, default=2)
+    add("--cache", choices=("ram", "none"), default="ram",
+        help="ram: decode, CutBlack and resize every image once and keep it in memory (skipped with a "
+             "message when it would take more than half the available memory); none: every epoch")
     add("--device", default="auto")
     add("--folds", type=int, default=0, help="k-fold cross-validation: number of folds (0: one hold-out split)")
     add("--fold", type=int, default=0, help="which fold validates (0-based)")
@@ -146,6 +151,25 @@ def labelled_samples(scan_samples: Sequence[Sample]) -> list[Sample]:
     return [s for s in scan_samples if s.label is not None or any(v is not None for v in s.features.values())]
 
 
+def cache_images(datasets: Sequence[LesionDataset], data_root: Path) -> None:
+    """Fill each dataset's RAM cache if all of them (on every local rank) fit; else say why not."""
+    count = sum(len(dataset) for dataset in datasets)
+    img_size = datasets[0].preprocess.img_size
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    fits, sizes = fits_in_memory(cache_bytes(count, img_size) * ranks_here)
+    if not fits:
+        if is_main_process():
+            print(f"image cache off: it would take {sizes}; images are preprocessed every epoch "
+                  "(--cache none skips this check)", file=sys.stderr)
+        return
+    try:
+        seconds = sum(dataset.cache_images().seconds for dataset in datasets)
+    except UnreadableImages as exc:
+        raise SystemExit(f"{data_root}: {exc}") from None
+    if is_main_process():
+        print(f"image cache: {count} images at {img_size} px, {sizes}, filled in {seconds:.1f} s", flush=True)
+
+
 @dataclass
 class Setup:
     """Everything a training run is built from; `prepare` makes it, `run` hands it to the engine."""
@@ -198,12 +222,16 @@ def prepare(args: argparse.Namespace, kind: str, rank: int = 0, world_size: int 
         sampler = OversamplingSampler(weights, seed=args.seed, rank=rank, world_size=world_size)
     if kind == "cla" and args.mixup > 0:
         batch_transform = Mixup(mixup_alpha=args.mixup, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(labels))
+    train_data = LesionDataset(train_samples, preprocess, kind, augment, CutMixConfig(p=args.cutmix), seed=args.seed)
+    val_data = LesionDataset(val_samples, preprocess, kind)
+    if args.cache == "ram":
+        cache_images([train_data, val_data], args.data)
     return Setup(
         labels=labels,
         train_samples=train_samples,
         val_samples=val_samples,
-        train_data=LesionDataset(train_samples, preprocess, kind, augment, CutMixConfig(p=args.cutmix), seed=args.seed),
-        val_data=LesionDataset(val_samples, preprocess, kind),
+        train_data=train_data,
+        val_data=val_data,
         task=ClassificationTask(labels, criterion) if kind == "cla" else FeatureTask(labels, criterion),
         model=_build_model(args, name, kwargs),
         sampler=sampler,

@@ -1,4 +1,4 @@
-"""Torch datasets over layout records: decode, CutBlack, augment, lesion-box CutMix, normalise."""
+"""Torch datasets over layout records: preprocess (or read the RAM cache), augment, lesion-box CutMix, normalise."""
 
 from __future__ import annotations
 
@@ -9,21 +9,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from project.data.imageio import read_image
+from project.data.cache import ImageCache, fill_cache
 from project.data.layout import Sample
 from project.data.transforms import (
     XYXY,
     AugmentConfig,
     Preprocess,
+    Preprocessor,
     apply_with_box,
     box_area,
     build_augment,
-    build_resize,
-    cut_black,
     paste_box,
     random_box,
     to_tensor,
-    yolo_to_xyxy,
 )
 
 
@@ -52,7 +50,11 @@ class CutMixConfig:
 
 
 class LesionDataset(Dataset):
-    """Images of one split for either task; returns (CHW float tensor, target tensor)."""
+    """Images of one split for either task; returns (CHW float tensor, target tensor).
+
+    Every image is first preprocessed (decode, CutBlack, CLAHE, resize), then augmented. The
+    preprocessed images can be held in RAM (`cache_images`) so that each epoch only augments.
+    """
 
     def __init__(
         self,
@@ -68,9 +70,9 @@ class LesionDataset(Dataset):
         self.samples = list(samples)
         self.preprocess = preprocess
         self.kind = kind
-        self.transform = build_augment(augment, preprocess.img_size) if augment else build_resize(
-            preprocess.img_size, preprocess.clahe
-        )
+        self.preprocessor = Preprocessor(preprocess)
+        self.augment = build_augment(augment) if augment else None
+        self.cache: ImageCache | None = None
         self.cutmix = cutmix if cutmix and cutmix.p > 0 else None
         self.seed = seed
         self.draws = 0
@@ -80,19 +82,27 @@ class LesionDataset(Dataset):
 
     def reseed(self, seed: int) -> None:
         """Give this copy (one per DataLoader worker) its own augmentation stream."""
-        self.transform.set_random_seed(seed)
+        if self.augment is not None:
+            self.augment.set_random_seed(seed)
+
+    def cache_images(self) -> ImageCache:
+        """Preprocess every image once into RAM; call before the DataLoader workers start."""
+        desc = f"caching {len(self)} {self.kind} images at {self.preprocess.img_size} px"
+        self.cache = fill_cache(len(self), self.preprocess.img_size, self.preprocessed, desc)
+        return self.cache
+
+    def preprocessed(self, index: int) -> tuple[np.ndarray, XYXY | None]:
+        sample = self.samples[index]
+        return self.preprocessor(sample.path, sample.box)
 
     def target(self, index: int) -> torch.Tensor:
         sample = self.samples[index]
         return class_target(sample) if self.kind == "cla" else feature_target(sample)
 
     def load(self, index: int) -> tuple[np.ndarray, XYXY | None]:
-        """Decoded, border-cut and transformed uint8 image with its lesion box (if any)."""
-        sample = self.samples[index]
-        image, box = read_image(sample.path), sample.box
-        if self.preprocess.cut_black is not None:
-            image, box = cut_black(image, box, self.preprocess.cut_black)
-        return apply_with_box(self.transform, image, yolo_to_xyxy(box) if box else None)
+        """Preprocessed and augmented uint8 image with its lesion box (if any)."""
+        image, box = self.cache[index] if self.cache is not None else self.preprocessed(index)
+        return apply_with_box(self.augment, image, box) if self.augment is not None else (image, box)
 
     def _rng(self, index: int) -> np.random.Generator:
         # Distinct per item, per epoch and per worker, yet reproducible from the seed.

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
 
+from project.data.imageio import read_image
 from project.data.layout import Box
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -131,10 +133,12 @@ class AugmentConfig:
     clahe: float = 0.0
 
 
-def build_augment(config: AugmentConfig, img_size: int) -> A.Compose:
-    """Geometric and photometric augmentation ending in a resize; boxes (normalised xyxy) follow."""
+def build_augment(config: AugmentConfig) -> A.Compose | None:
+    """Geometric and photometric augmentation of a preprocessed image; boxes (normalised xyxy) follow.
+
+    None when every step's probability is 0.
+    """
     steps = [
-        A.Resize(img_size, img_size),
         A.HorizontalFlip(p=config.hflip),
         A.VerticalFlip(p=config.vflip),
         A.Affine(
@@ -149,8 +153,11 @@ def build_augment(config: AugmentConfig, img_size: int) -> A.Compose:
         A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15),
                         hole_width_range=(0.05, 0.15), p=config.coarse_dropout),
     ]
+    steps = [step for step in steps if step.p > 0]
+    if not steps:
+        return None
     bbox_params = A.BboxParams(format="albumentations", label_fields=["box_ids"], clip=True, min_visibility=0.2)
-    return A.Compose([s for s in steps if getattr(s, "p", 1) > 0], bbox_params=bbox_params)
+    return A.Compose(steps, bbox_params=bbox_params)
 
 
 def build_resize(img_size: int, clahe: bool) -> A.Compose:
@@ -158,6 +165,21 @@ def build_resize(img_size: int, clahe: bool) -> A.Compose:
     steps = [A.CLAHE(p=1.0)] if clahe else []
     bbox_params = A.BboxParams(format="albumentations", label_fields=["box_ids"], clip=True)
     return A.Compose([*steps, A.Resize(img_size, img_size)], bbox_params=bbox_params)
+
+
+class Preprocessor:
+    """What every image goes through, in training and in prediction: decode, CutBlack, CLAHE, resize."""
+
+    def __init__(self, preprocess: Preprocess) -> None:
+        self.preprocess = preprocess
+        self.resize = build_resize(preprocess.img_size, preprocess.clahe)
+
+    def __call__(self, path: str | Path, box: Box | None = None) -> tuple[np.ndarray, XYXY | None]:
+        """img_size x img_size x 3 uint8 and the lesion box as normalised xyxy; raises ImageReadError."""
+        image = read_image(path)
+        if self.preprocess.cut_black is not None:
+            image, box = cut_black(image, box, self.preprocess.cut_black)
+        return apply_with_box(self.resize, image, yolo_to_xyxy(box) if box else None)
 
 
 def apply_with_box(transform: A.Compose, image: np.ndarray, box: XYXY | None) -> tuple[np.ndarray, XYXY | None]:
