@@ -12,6 +12,7 @@ from PIL import Image
 from project.data.datasets import CutMixConfig, LesionDataset
 from project.data.layout import Sample
 from project.data.transforms import (
+    AugmentConfig,
     CutBlackConfig,
     Preprocess,
     black_border_crop,
@@ -94,3 +95,20 @@ def test_preprocess_round_trips_through_a_dict() -> None:
 
 def test_yolo_to_xyxy_clips_to_the_image() -> None:
     assert yolo_to_xyxy((0.1, 0.5, 0.4, 0.2)) == pytest.approx((0.0, 0.4, 0.3, 0.6))
+
+
+def test_the_pasted_lesion_is_augmented_with_its_new_image(tmp_path: Path) -> None:
+    _write(tmp_path / "a.png", 250, (8, 24, 8, 24))
+    _write(tmp_path / "b.png", 120, (8, 24, 8, 24))
+    box = (16 / 64, 16 / 64, 16 / 64, 16 / 64)
+    samples = [Sample(tmp_path / "a.png", label=4, box=box), Sample(tmp_path / "b.png", label=1, box=box)]
+    preprocess = Preprocess(img_size=64, mean=(0, 0, 0), std=(1, 1, 1), cut_black=None)
+    flip_only = AugmentConfig(hflip=1.0, affine=0, brightness_contrast=0, blur=0, coarse_dropout=0)
+    dataset = LesionDataset(samples, preprocess, "cla", flip_only, CutMixConfig(p=1.0))
+    for _ in range(20):  # the partner is drawn at random; collect the B <- A case
+        image, label = dataset[1]
+        if int(label) == 4:
+            break
+    assert int(label) == 4
+    assert torch.allclose(image[:, 8:24, 40:56], torch.tensor(250 / 255))
+    assert torch.allclose(image[:, 8:24, 8:24], torch.tensor(40 / 255))

@@ -16,7 +16,6 @@ from project.data.transforms import (
     AugmentConfig,
     Preprocess,
     Preprocessor,
-    apply_with_box,
     box_area,
     build_augment,
     paste_box,
@@ -52,8 +51,8 @@ class CutMixConfig:
 class LesionDataset(Dataset):
     """Images of one split for either task; returns (CHW float tensor, target tensor).
 
-    Every image is first preprocessed (decode, CutBlack, CLAHE, resize), then augmented. The
-    preprocessed images can be held in RAM (`cache_images`) so that each epoch only augments.
+    Every image is preprocessed (decode, CutBlack, CLAHE, resize), CutMixed, then augmented. The
+    preprocessed images can be held in RAM (`cache_images`) so that each epoch only mixes and augments.
     """
 
     def __init__(
@@ -100,9 +99,8 @@ class LesionDataset(Dataset):
         return class_target(sample) if self.kind == "cla" else feature_target(sample)
 
     def load(self, index: int) -> tuple[np.ndarray, XYXY | None]:
-        """Preprocessed and augmented uint8 image with its lesion box (if any)."""
-        image, box = self.cache[index] if self.cache is not None else self.preprocessed(index)
-        return apply_with_box(self.augment, image, box) if self.augment is not None else (image, box)
+        """Preprocessed uint8 image with its lesion box (if any), from the cache once it is filled."""
+        return self.cache[index] if self.cache is not None else self.preprocessed(index)
 
     def _rng(self, index: int) -> np.random.Generator:
         # Distinct per item, per epoch and per worker, yet reproducible from the seed.
@@ -129,6 +127,9 @@ class LesionDataset(Dataset):
         return mixed, (1 - share) * target + share * other_target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, box = self.load(index)
-        image, target = self._mix(index, image, box)
+        # CutMix before augmentation: the pasted lesion moves and changes with the image around it,
+        # and the augmentation never has to track boxes (which would cost it three quarters of its time).
+        image, target = self._mix(index, *self.load(index))
+        if self.augment is not None:
+            image = self.augment(image=image)["image"]
         return to_tensor(image, self.preprocess.mean, self.preprocess.std), target

@@ -134,7 +134,7 @@ class AugmentConfig:
 
 
 def build_augment(config: AugmentConfig) -> A.Compose | None:
-    """Geometric and photometric augmentation of a preprocessed image; boxes (normalised xyxy) follow.
+    """Geometric and photometric augmentation of a preprocessed image.
 
     None when every step's probability is 0.
     """
@@ -156,8 +156,7 @@ def build_augment(config: AugmentConfig) -> A.Compose | None:
     steps = [step for step in steps if step.p > 0]
     if not steps:
         return None
-    bbox_params = A.BboxParams(format="albumentations", label_fields=["box_ids"], clip=True, min_visibility=0.2)
-    return A.Compose(steps, bbox_params=bbox_params)
+    return A.Compose(steps)
 
 
 def build_resize(img_size: int, clahe: bool) -> A.Compose:
