@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -189,7 +190,15 @@ def apply_with_box(transform: A.Compose, image: np.ndarray, box: XYXY | None) ->
 
 
 def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """HxWx3 uint8 → normalised float CHW tensor."""
-    scaled = image.astype(np.float32) / 255.0
-    normalised = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+    """HxWx3 uint8 → normalised float CHW tensor, (x / 255 - mean) / std as one multiply-add.
+
+    The tensor keeps the image's HWC memory order (a channels-last view); torch handles either.
+    """
+    scale, offset = _scale_and_offset(tuple(mean), tuple(std))
+    return torch.from_numpy(image).permute(2, 0, 1).float().mul_(scale).sub_(offset)
+
+
+@functools.lru_cache(maxsize=8)
+def _scale_and_offset(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    std_ = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return 1 / (255 * std_), torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / std_
