@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from project.engine import SUMMARY_FILE, autocast_dtype, make_loader, resolve_device  # noqa: E402
 from project.fileio import atomic_write_csv  # noqa: E402
 from project.phantom import generate_phantom  # noqa: E402
-from project.training import build_parser, prepare, run  # noqa: E402
+from project.training import build_parser, loader_workers, prepare, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # The CPU recipe's small MyDenseNet, so the bench and `make demo` agree on what "small" is.
@@ -70,7 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     add("--epochs", type=int, default=3, help="engine epochs; the first is warm-up and not counted")
     add("--steps", type=int, default=10, help="training steps per epoch (sets the phantom's size)")
     add("--warmup-steps", type=int, default=3, help="untimed bare-loop steps before timing")
-    add("--workers", type=int, default=2, help="DataLoader workers")
+    add("--workers", default="auto", help="DataLoader workers, as the trainers' --workers (auto: none on CPU)")
     add("--threads", type=int, default=None, help="torch threads of this process (default: torch's choice)")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add("--phantom-size", type=int, default=256, help="side of the phantom JPEGs on disk, in pixels")
@@ -119,7 +119,7 @@ def measure_data_pipeline(trainer_args: argparse.Namespace, kind: str, epochs: i
                           ) -> tuple[Measurement, int, tuple[torch.Tensor, torch.Tensor]]:
     """Loader alone (model skipped): images/s per epoch, the steps per epoch and one batch to train on."""
     dataset = prepare(trainer_args, kind).train_data
-    loader = make_loader(dataset, trainer_args.batch_size, trainer_args.workers, None, train=True)
+    loader = make_loader(dataset, trainer_args.batch_size, loader_workers(trainer_args), None, train=True)
     rates, first_batch = [], None
     for _ in range(epochs):
         started, images_seen = time.perf_counter(), 0
@@ -209,13 +209,16 @@ class Settings:
     channels_last: bool
     augment: bool
     cutmix: float
+    workers: int
 
     @classmethod
     def of(cls, args: argparse.Namespace, flags: list[str]) -> Settings:
-        trainer_args = build_parser("cla").parse_args(["--data", ".", "--out", ".", "--device", args.device, *flags])
+        trainer_args = build_parser("cla").parse_args(["--data", ".", "--out", ".", "--device", args.device,
+                                                       "--workers", args.workers, *flags])
         device = resolve_device(args.device)
         dtype = autocast_dtype(trainer_args.amp, device) or torch.float32
-        return cls(device, dtype, trainer_args.channels_last, trainer_args.augment, trainer_args.cutmix)
+        return cls(device, dtype, trainer_args.channels_last, trainer_args.augment, trainer_args.cutmix,
+                   loader_workers(trainer_args))
 
 
 def bench_model(args: argparse.Namespace, row: ModelRow, data: Path, work: Path, flags: list[str]) -> ModelResult:
@@ -247,7 +250,7 @@ def environment_lines(args: argparse.Namespace, settings: Settings, flags: list[
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [
         f"device {device} ({name}); torch {torch.__version__}; {torch.get_num_threads()} torch threads; "
-        f"{cores} CPU cores; {args.workers} DataLoader workers",
+        f"{cores} CPU cores; {settings.workers} DataLoader workers",
         f"img {args.img_size} px from {args.phantom_size} px phantom JPEGs; batch {args.batch_size}; "
         f"{args.epochs} engine epochs (median of epochs 2..{args.epochs}); dtype {settings.dtype}; "
         f"channels_last {settings.channels_last}; augmentation {settings.augment}; "
@@ -275,7 +278,7 @@ def print_table(results: list[ModelResult]) -> None:
 def write_csv(path: Path, args: argparse.Namespace, settings: Settings, results: list[ModelResult]) -> None:
     rows = [
         (result.row.title, result.row.backbone, m.name, f"{m.images_per_s:.2f}", f"{m.images_per_s / result.bare:.3f}",
-         str(settings.device), args.img_size, args.batch_size, result.steps_per_epoch, args.workers,
+         str(settings.device), args.img_size, args.batch_size, result.steps_per_epoch, settings.workers,
          str(settings.dtype), settings.channels_last)
         for result in results for m in result.measurements
     ]

@@ -145,6 +145,19 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, sampler: Sample
     )
 
 
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers for `--workers auto`.
+
+    On CPU none: the training step already keeps every core busy, so worker processes only take
+    turns with it (measured on 2 cores: engine/bare 0.90-1.02 with none against 0.86-0.90 with two,
+    with the RAM image cache). On a GPU, all cores but one per local rank, at most 8.
+    """
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)) - 1))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():

@@ -20,7 +20,15 @@ from project.data.layout import NotADataset, Sample, load_split
 from project.data.samplers import OversamplingSampler, class_draw_weights
 from project.data.splits import kfold_indices, train_val_indices
 from project.data.transforms import AugmentConfig, CutBlackConfig, Preprocess
-from project.engine import EngineConfig, Stage, Trainer, init_distributed, is_main_process
+from project.engine import (
+    EngineConfig,
+    Stage,
+    Trainer,
+    default_workers,
+    init_distributed,
+    is_main_process,
+    resolve_device,
+)
 from project.losses import ClassificationLoss, MultiTaskLoss, inverse_frequency_weights
 from project.models.checkpoint import CheckpointConfig
 from project.models.factory import PretrainedWeightsUnavailable, create_model, load_init_weights
@@ -29,6 +37,10 @@ from project.tasks import ClassificationTask, FeatureTask
 
 def _floats(text: str) -> list[float]:
     return [float(v) for v in str(text).split(",")]
+
+
+def _workers(text: str) -> int | str:
+    return text if text == "auto" else int(text)
 
 
 def build_parser(kind: str) -> argparse.ArgumentParser:
@@ -59,7 +71,8 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         help="checkpoint of the best validation epoch, or of the last (unbiased figures for cross-validation)")
     add("--seed", type=int, default=0)
     add("--deterministic", action="store_true")
-    add("--workers", type=int, default=2)
+    add("--workers", type=_workers, default="auto",
+        help="DataLoader workers; auto: none on CPU (the model uses every core), up to 8 with a GPU")
     add("--cache", choices=("ram", "none"), default="ram",
         help="ram: decode, CutBlack and resize every image once and keep it in memory (skipped with a "
              "message when it would take more than half the available memory); none: every epoch")
@@ -187,13 +200,18 @@ class Setup:
     checkpoint_config: CheckpointConfig
 
 
+def loader_workers(args: argparse.Namespace) -> int:
+    """--workers as a number, 'auto' resolved for the run's device."""
+    return default_workers(resolve_device(args.device)) if args.workers == "auto" else args.workers
+
+
 def _engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, restarts=args.restarts, amp=args.amp,
         channels_last=args.channels_last, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
         patience=args.patience, select=args.select, seed=args.seed, deterministic=args.deterministic,
-        workers=args.workers,
+        workers=loader_workers(args),
         stages=[Stage(**stage) for stage in args.stages] if args.stages else None, device=args.device,
     )
 

@@ -83,3 +83,14 @@ def test_training_skips_the_cache_when_memory_is_short(
     monkeypatch.setattr(cache_module, "available_memory", lambda: 2 * 8 * 64 * 64 * 3)
     cache_images([dataset], phantom_small)
     assert dataset.cache is not None and len(dataset.cache) == 8
+
+
+def test_augmentation_follows_the_seed_without_workers(phantom_small: Path) -> None:
+    samples = _samples(phantom_small, 4)
+
+    def augmented(seed: int) -> torch.Tensor:
+        dataset = LesionDataset(samples, Preprocess(img_size=32), "cla", AugmentConfig(), seed=seed)
+        return torch.stack([dataset[index][0] for index in range(len(samples))])
+
+    assert torch.equal(augmented(5), augmented(5))
+    assert not torch.equal(augmented(5), augmented(6))

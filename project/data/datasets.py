@@ -75,6 +75,7 @@ class LesionDataset(Dataset):
         self.cutmix = cutmix if cutmix and cutmix.p > 0 else None
         self.seed = seed
         self.draws = 0
+        self.reseed(seed)  # DataLoader workers reseed their copies; without workers this stream is used
 
     def __len__(self) -> int:
         return len(self.samples)
