@@ -1,4 +1,4 @@
-"""Torch datasets over layout records: preprocess (or read the RAM cache), augment, lesion-box CutMix, normalise."""
+"""Torch datasets over layout records: preprocess (or read the RAM cache), lesion-box CutMix, augment, normalise."""
 
 from __future__ import annotations
 
