@@ -272,7 +272,7 @@ def run(argv: Sequence[str] | None, kind: str) -> dict[str, float]:
     if is_main_process():
         print(f"{kind}: {len(setup.train_samples)} train / {len(setup.val_samples)} validation images, "
               f"labels {setup.labels}, model {setup.checkpoint_config.model_name} "
-              f"{setup.checkpoint_config.model_kwargs}", flush=True)
+              f"{setup.checkpoint_config.model_kwargs}, {setup.engine_config.workers} DataLoader workers", flush=True)
     trainer = Trainer(setup.model, setup.task, setup.train_data, setup.val_data, args.out, setup.engine_config,
                       setup.checkpoint_config, train_sampler=setup.sampler, batch_transform=setup.batch_transform)
     best = trainer.fit()
