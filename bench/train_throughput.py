@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from project.engine import SUMMARY_FILE, autocast_dtype, make_loader, resolve_device  # noqa: E402
 from project.fileio import atomic_write_csv  # noqa: E402
 from project.phantom import generate_phantom  # noqa: E402
-from project.training import build_parser, loader_workers, prepare, run  # noqa: E402
+from project.training import Setup, build_parser, loader_workers, prepare, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # The CPU recipe's small MyDenseNet, so the bench and `make demo` agree on what "small" is.
@@ -115,11 +115,10 @@ def median_after_warmup(rates: Sequence[float]) -> float:
     return statistics.median(rates[1:])
 
 
-def measure_data_pipeline(trainer_args: argparse.Namespace, kind: str, epochs: int
+def measure_data_pipeline(trainer_args: argparse.Namespace, setup: Setup, epochs: int
                           ) -> tuple[Measurement, int, tuple[torch.Tensor, torch.Tensor]]:
     """Loader alone (model skipped): images/s per epoch, the steps per epoch and one batch to train on."""
-    dataset = prepare(trainer_args, kind).train_data
-    loader = make_loader(dataset, trainer_args.batch_size, loader_workers(trainer_args), None, train=True)
+    loader = make_loader(setup.train_data, trainer_args.batch_size, loader_workers(trainer_args), None, train=True)
     rates, first_batch = [], None
     for _ in range(epochs):
         started, images_seen = time.perf_counter(), 0
@@ -137,8 +136,8 @@ def measure_data_pipeline(trainer_args: argparse.Namespace, kind: str, epochs: i
 class BareLoop:
     """Forward, loss, backward and AdamW step on one in-memory batch, with the engine's model, dtype and layout."""
 
-    def __init__(self, trainer_args: argparse.Namespace, kind: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        setup = prepare(trainer_args, kind)
+    def __init__(self, trainer_args: argparse.Namespace, setup: Setup,
+                 batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         self.device = resolve_device(trainer_args.device)
         self.dtype = autocast_dtype(trainer_args.amp, self.device)
         memory_format = torch.channels_last if trainer_args.channels_last else torch.contiguous_format
@@ -231,10 +230,11 @@ def bench_model(args: argparse.Namespace, row: ModelRow, data: Path, work: Path,
     argv = trainer_argv(args, row, data, run_dir, flags)
     trainer_args = build_parser(row.kind).parse_args(argv)
     note(f"{row.title}: data pipeline alone, {args.epochs} epochs")
-    data_alone, steps, batch = measure_data_pipeline(trainer_args, row.kind, args.epochs)
+    setup = prepare(trainer_args, row.kind)  # data (with its image cache), model and loss, as the trainer builds them
+    data_alone, steps, batch = measure_data_pipeline(trainer_args, setup, args.epochs)
     repeats = args.epochs - 1
     note(f"{row.title}: bare loop, {args.warmup_steps} warm-up + {(repeats + 1) // 2} x {steps} steps")
-    bare = BareLoop(trainer_args, row.kind, batch)
+    bare = BareLoop(trainer_args, setup, batch)
     bare.images_per_s(args.warmup_steps)
     rates = [bare.images_per_s(steps) for _ in range((repeats + 1) // 2)]
     note(f"{row.title}: engine, {args.epochs} epochs of {steps} steps")

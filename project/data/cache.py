@@ -48,10 +48,6 @@ class ImageCache:
         # A copy, so an in-place augmentation can never alter the cached image.
         return self.images[index].copy(), self.boxes[index]
 
-    @property
-    def nbytes(self) -> int:
-        return self.images.nbytes
-
 
 def cache_bytes(count: int, img_size: int) -> int:
     return count * img_size * img_size * 3
