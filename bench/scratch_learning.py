@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import csv
 import io
+import json
 import sys
 import tempfile
 import time
@@ -28,6 +29,13 @@ from project.training import build_parser, run, split_samples  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PHANTOM_CONFIG = ROOT / "configs" / "cls_phantom_cpu.yaml"
 NO_REGULARISATION = ["--sd-max", "0", "--p-block", "0", "--p-head", "0"]
+
+
+def _augment(affine: float, brightness_contrast: float) -> list[str]:
+    return ["--augment-options", json.dumps({"coarse_dropout": 0.0, "blur": 0.0, "affine": affine,
+                                             "brightness_contrast": brightness_contrast})]
+
+
 # name -> trainer flags on top of configs/cls_phantom_cpu.yaml
 ROWS: dict[str, list[str]] = {
     "resnet10t": ["--model", "resnet10t"],
@@ -43,6 +51,13 @@ ROWS: dict[str, list[str]] = {
     "convnext_atto-patch2": ["--model", "convnext_atto", "--lr", "1e-3", "--model-kwargs", '{"patch_size": 2}'],
     "convnext_atto-patch2-noreg": ["--model", "convnext_atto", "--lr", "1e-3", *NO_REGULARISATION,
                                    "--model-kwargs", '{"patch_size": 2}'],
+    # configs/cls_convnext_phantom_cpu.yaml, and each of the two augmentations it leaves out put back
+    "convnext_atto-noreg-noaffine-nobc": ["--model", "convnext_atto", "--lr", "1e-3", *NO_REGULARISATION,
+                                          *_augment(0.0, 0.0)],
+    "convnext_atto-noreg-affine": ["--model", "convnext_atto", "--lr", "1e-3", *NO_REGULARISATION,
+                                   *_augment(0.3, 0.0)],
+    "convnext_atto-noreg-bc": ["--model", "convnext_atto", "--lr", "1e-3", *NO_REGULARISATION,
+                               *_augment(0.0, 0.3)],
 }
 CSV_HEADER = ("row", "best_val_score", "best_epoch", "last_val_score", "first_train_loss", "last_train_loss",
               "majority_baseline", "chance", "seconds")

@@ -25,6 +25,16 @@ def phantom_learning(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def phantom_convnext(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four times the classification images of `phantom_learning`: with 800, ConvNeXt-Atto only memorises."""
+    from project.phantom import generate_phantom
+
+    out = tmp_path_factory.mktemp("learning_convnext") / "data"
+    generate_phantom(out, n_train=8000, n_test=10, size=96, seed=3)
+    return out
+
+
 def _validation(data: Path, kind: str) -> tuple[list, list]:
     scan, _ = load_split(data, "train", kind)
     split = argparse.Namespace(folds=0, fold=0, val_fraction=0.2, seed=0)
@@ -44,16 +54,29 @@ def test_feature_recogniser_beats_the_majority_baseline(phantom_learning: Path, 
         assert best[f"val_{task}"] > baseline + 0.1
 
 
+def _cla_majority_baseline(data: Path) -> float:
+    train, val = _validation(data, "cla")
+    majority = np.bincount([s.label for s in train]).argmax()
+    truth = np.array([s.label for s in val])
+    return classification_score(truth, np.full_like(truth, majority))
+
+
 @pytest.mark.slow
 def test_classifier_beats_the_majority_baseline(phantom_learning: Path, tmp_path: Path) -> None:
     best = run(["--config", str(ROOT / "configs" / "cls_phantom_cpu.yaml"), "--data", str(phantom_learning),
                 "--out", str(tmp_path / "cls")], "cla")
-    train, val = _validation(phantom_learning, "cla")
-    majority = np.bincount([s.label for s in train]).argmax()
-    truth = np.array([s.label for s in val])
-    baseline = classification_score(truth, np.full_like(truth, majority))
-    print(f"cla: validation score {best['val_score']:.3f}, majority baseline {baseline:.3f}")
+    baseline = _cla_majority_baseline(phantom_learning)
+    print(f"cla (ResNet-10t): validation score {best['val_score']:.3f}, majority baseline {baseline:.3f}")
     assert best["val_score"] > baseline + 0.15
+
+
+@pytest.mark.slow
+def test_my_convnext_atto_beats_the_majority_baseline(phantom_convnext: Path, tmp_path: Path) -> None:
+    best = run(["--config", str(ROOT / "configs" / "cls_convnext_phantom_cpu.yaml"), "--data", str(phantom_convnext),
+                "--out", str(tmp_path / "convnext")], "cla")
+    baseline = _cla_majority_baseline(phantom_convnext)
+    print(f"cla (MyConvNeXt-Atto, 64 px): validation score {best['val_score']:.3f}, majority baseline {baseline:.3f}")
+    assert best["val_score"] > baseline + 0.1
 
 
 def test_my_convnext_fits_a_small_training_set(phantom_small: Path, tmp_path: Path) -> None:
