@@ -54,29 +54,27 @@ def test_feature_recogniser_beats_the_majority_baseline(phantom_learning: Path, 
         assert best[f"val_{task}"] > baseline + 0.1
 
 
-def _cla_majority_baseline(data: Path) -> float:
+def _cla_score_and_baseline(config: str, data: Path, out: Path) -> tuple[float, float]:
+    """Best validation score of a classifier run with `config`, and the majority-class score on that split."""
+    best = run(["--config", str(ROOT / "configs" / config), "--data", str(data), "--out", str(out)], "cla")
     train, val = _validation(data, "cla")
     majority = np.bincount([s.label for s in train]).argmax()
     truth = np.array([s.label for s in val])
-    return classification_score(truth, np.full_like(truth, majority))
+    baseline = classification_score(truth, np.full_like(truth, majority))
+    print(f"cla ({config}): validation score {best['val_score']:.3f}, majority baseline {baseline:.3f}")
+    return best["val_score"], baseline
 
 
 @pytest.mark.slow
 def test_classifier_beats_the_majority_baseline(phantom_learning: Path, tmp_path: Path) -> None:
-    best = run(["--config", str(ROOT / "configs" / "cls_phantom_cpu.yaml"), "--data", str(phantom_learning),
-                "--out", str(tmp_path / "cls")], "cla")
-    baseline = _cla_majority_baseline(phantom_learning)
-    print(f"cla (ResNet-10t): validation score {best['val_score']:.3f}, majority baseline {baseline:.3f}")
-    assert best["val_score"] > baseline + 0.15
+    score, baseline = _cla_score_and_baseline("cls_phantom_cpu.yaml", phantom_learning, tmp_path / "cls")
+    assert score > baseline + 0.15
 
 
 @pytest.mark.slow
 def test_my_convnext_atto_beats_the_majority_baseline(phantom_convnext: Path, tmp_path: Path) -> None:
-    best = run(["--config", str(ROOT / "configs" / "cls_convnext_phantom_cpu.yaml"), "--data", str(phantom_convnext),
-                "--out", str(tmp_path / "convnext")], "cla")
-    baseline = _cla_majority_baseline(phantom_convnext)
-    print(f"cla (MyConvNeXt-Atto, 64 px): validation score {best['val_score']:.3f}, majority baseline {baseline:.3f}")
-    assert best["val_score"] > baseline + 0.1
+    score, baseline = _cla_score_and_baseline("cls_convnext_phantom_cpu.yaml", phantom_convnext, tmp_path / "convnext")
+    assert score > baseline + 0.1
 
 
 def test_my_convnext_fits_a_small_training_set(phantom_small: Path, tmp_path: Path) -> None:
