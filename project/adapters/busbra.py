@@ -1,6 +1,6 @@
 """BUS-BRA to the challenge layout: four BI-RADS class folders, YOLO boxes, patient groups and folds.
 
-``python -m project.datasets.busbra --src ../shared/data/busbra-dev --out DIR [--link MODE | --copy]``
+``python -m project.adapters.busbra --src ../shared/data/busbra-dev --out DIR [--link MODE | --copy]``
 
 Dataset (cite it wherever results on it are shown):
 W. Gómez-Flores, M. J. Gregorio-Calas, W. C. A. Pereira, "BUS-BRA: A Breast Ultrasound Dataset
@@ -193,7 +193,7 @@ def class_folder(birads: str) -> str:
 
 def _dataset_yaml() -> str:
     config = {"classes": list(CLASSES), "metadata": METADATA_FILE, "group_column": "patient", "fold_column": "fold"}
-    header = f"# BUS-BRA converted by project.datasets.busbra. Cite: {CITATION}\n"
+    header = f"# BUS-BRA converted by project.adapters.busbra. Cite: {CITATION}\n"
     return header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 
@@ -235,7 +235,7 @@ def convert_busbra(src: Path, out: Path, link: str = "symlink") -> ConversionSum
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m project.datasets.busbra",
+        prog="python -m project.adapters.busbra",
         description="Convert BUS-BRA (Images/ + bus_data.csv) into the challenge layout. "
         "Source images are linked or copied, never modified.",
         epilog=f"Cite the dataset: {CITATION}",

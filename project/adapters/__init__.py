@@ -1,0 +1,1 @@
+"""Adapters that convert public datasets (BUS-BRA, BrEaST, mini-MIAS) into the layouts the trainers read."""

@@ -1,1 +1,0 @@
-"""Adapters that convert public datasets into the challenge layout (DESIGN.md §3)."""
