@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from timm.data import Mixup
+from timm.data import Mixup, resolve_data_config
 
 from project.config import parse_with_config, save_args
 from project.data.cache import UnreadableImages, cache_bytes, fits_in_memory
@@ -81,13 +81,16 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     add("--fold", type=int, default=0, help="which fold validates (0-based)")
     add("--val-fraction", type=float, default=0.2)
     add("--init-weights", type=Path, help="local weights file (.safetensors or a state dict)")
-    add("--pretrained", action="store_true", help="timm hub weights (needs the network)")
+    add("--pretrained", action="store_true",
+        help="ImageNet weights: from the installed package for tf_efficientnet_lite0/1/2 (offline), else timm's hub")
     add("--stages", type=json.loads, default=None,
         help='staged unfreezing, JSON list of {"epochs": N, "lr": X, "train": ["head", ...] or "all"}')
     add("--no-cut-black", dest="cut_black", action="store_false")
     add("--cut-black-threshold", type=int, default=10)
     add("--cut-black-fraction", type=float, default=0.8)
     add("--clahe", action="store_true", help="CLAHE on every image (training and prediction)")
+    add("--mean", type=_floats, default=None, help="per-channel normalisation mean (default: the model's pretrained one)")
+    add("--std", type=_floats, default=None, help="per-channel normalisation std (default: the model's pretrained one)")
     add("--no-augment", dest="augment", action="store_false")
     add("--augment-options", type=json.loads, default={}, help="AugmentConfig fields as JSON")
     add("--cutmix", type=float, default=0.5, help="probability of lesion-box CutMix")
@@ -134,9 +137,13 @@ def split_samples(samples: list[Sample], args: argparse.Namespace) -> tuple[list
     return [samples[i] for i in train], [samples[i] for i in val]
 
 
-def _preprocess(args: argparse.Namespace) -> Preprocess:
+def _preprocess(args: argparse.Namespace, model: torch.nn.Module) -> Preprocess:
+    """Preprocessing as the flags say; mean and std are the model's pretrained ones unless given."""
     cut = CutBlackConfig(args.cut_black_threshold, args.cut_black_fraction) if args.cut_black else None
-    return Preprocess(img_size=args.img_size, cut_black=cut, clahe=args.clahe)
+    data_config = resolve_data_config({}, model=model)
+    mean = tuple(args.mean or data_config["mean"])
+    std = tuple(args.std or data_config["std"])
+    return Preprocess(img_size=args.img_size, mean=mean, std=std, cut_black=cut, clahe=args.clahe)
 
 
 def _criterion(args: argparse.Namespace, kind: str, train: list[Sample], labels: Sequence[str]) -> torch.nn.Module:
@@ -230,10 +237,11 @@ def prepare(args: argparse.Namespace, kind: str, rank: int = 0, world_size: int 
         print(f"{len(scan.problems)} dataset problem(s); run `python -m project.doctor {args.data}`. First:",
               *scan.problems[:5], sep="\n  ", file=sys.stderr)
     train_samples, val_samples = split_samples(samples, args)
-    preprocess = _preprocess(args)
+    name, kwargs = model_spec(args, kind, labels)
+    model = _build_model(args, name, kwargs)
+    preprocess = _preprocess(args, model)
     augment = AugmentConfig(**args.augment_options) if args.augment else None
     criterion = _criterion(args, kind, train_samples, labels)
-    name, kwargs = model_spec(args, kind, labels)
     sampler, batch_transform = None, None
     if kind == "cla" and args.oversample:
         weights = class_draw_weights([s.label for s in train_samples], len(labels), args.class_weights)
@@ -251,7 +259,7 @@ def prepare(args: argparse.Namespace, kind: str, rank: int = 0, world_size: int 
         train_data=train_data,
         val_data=val_data,
         task=ClassificationTask(labels, criterion) if kind == "cla" else FeatureTask(labels, criterion),
-        model=_build_model(args, name, kwargs),
+        model=model,
         sampler=sampler,
         batch_transform=batch_transform,
         engine_config=_engine_config(args),

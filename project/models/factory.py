@@ -1,4 +1,4 @@
-"""Model factory: models by name, initial weights from a local file or timm's hub, param groups."""
+"""Model factory: models by name, initial weights from a local file, a weights package or timm's hub, param groups."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ from safetensors.torch import load_file
 from timm.models import get_pretrained_cfg, group_parameters
 from torch import nn
 
+from project.models.pretrained import (
+    OFFLINE_WEIGHTS,
+    PretrainedWeightsUnavailable,
+    has_offline_weights,
+    offline_state_dict,
+)
+
 logger = logging.getLogger(__name__)
 
 # Our own models, imported only when asked for.
@@ -34,10 +41,6 @@ _HUB_PROBE_TIMEOUT_S = 5.0
 
 class InitWeightsError(ValueError):
     """A weights file that cannot be read or does not fit the model."""
-
-
-class PretrainedWeightsUnavailable(RuntimeError):
-    """timm's hub cannot supply pretrained weights (offline, unreachable or none published)."""
 
 
 @dataclass(frozen=True)
@@ -61,15 +64,32 @@ class LoadReport:
 def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
     """'my_convnext', 'my_densenet' or any timm model name (resnet50, densenet121, ...).
 
-    kwargs go to the builder (num_classes for all). With pretrained, the weights of the matching
-    timm model come from timm's hub (or its local cache); the classifier is kept at its new
-    size when the class count differs.
+    kwargs go to the builder (num_classes for all). With pretrained, the ImageNet weights of the
+    matching timm model come from its weights package when one exists (tf_efficientnet_lite0/1/2,
+    no network needed), else from timm's hub (or its local cache). Every pretrained tensor but the
+    classifier must load; the classifier is re-initialised when the class count differs.
     """
     model = _build(name, **kwargs)
     if pretrained:
-        report = load_init_weights(model, pretrained_weights_file(_timm_name_of(model, name)))
+        report = load_pretrained(model, _timm_name_of(model, name))
         logger.info("pretrained weights for %s: %s", name, report.summary())
     return model
+
+
+def load_pretrained(model: nn.Module, timm_name: str) -> LoadReport:
+    """ImageNet weights of `timm_name` ('tf_efficientnet_lite0', 'convnext_atto.d2_in1k') into a model built on it."""
+    architecture = timm_name.partition(".")[0]
+    if has_offline_weights(architecture):
+        state, source = offline_state_dict(architecture), OFFLINE_WEIGHTS[architecture].distribution
+    else:
+        path = pretrained_weights_file(timm_name)
+        state, source = read_state_dict(path), str(path)
+    report = load_state(model, state, source)
+    classifier = get_pretrained_cfg(architecture).classifier or "classifier"
+    unloaded = [key for key in report.skipped if not key.startswith(f"{classifier}.")]
+    if unloaded:
+        raise InitWeightsError(f"{source}: pretrained tensors that do not fit {timm_name}: {unloaded[:5]}")
+    return report
 
 
 def _build(name: str, **kwargs) -> nn.Module:
@@ -149,8 +169,13 @@ def load_init_weights(model: nn.Module, path: str | Path) -> LoadReport:
     checkpoints that nest the weights ('state_dict', 'model', ...) and strips wrapper prefixes
     ('module.', 'model.', '_orig_mod.'). timm ConvNeXt keys fit my_convnext as they are.
     """
+    return load_state(model, read_state_dict(path), str(path))
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> LoadReport:
+    """Load the tensors of `state` whose name and shape fit the model; report the rest."""
     model_state = model.state_dict()
-    state = _strip_wrapper_prefixes(read_state_dict(path), model_state)
+    state = _strip_wrapper_prefixes(dict(state), model_state)
     loadable: dict[str, torch.Tensor] = {}
     skipped: dict[str, str] = {}
     for key, tensor in state.items():
@@ -163,12 +188,12 @@ def load_init_weights(model: nn.Module, path: str | Path) -> LoadReport:
             loadable[key] = tensor
     if not loadable:
         raise InitWeightsError(
-            f"none of the {len(state)} tensors in {path} fits the model "
+            f"none of the {len(state)} tensors in {source} fits the model "
             f"{type(model).__name__} (first keys: {list(state)[:3]})"
         )
     model.load_state_dict(loadable, strict=False)
     missing = [key for key in model_state if key not in loadable]
-    return LoadReport(str(path), list(loadable), skipped, missing)
+    return LoadReport(source, list(loadable), skipped, missing)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
