@@ -1,4 +1,5 @@
-"""Challenge scoring of a prediction folder against ground truth: `python -m project.evaluate`."""
+"""Scoring against ground truth (`python -m project.evaluate`): a challenge prediction folder, or a
+mammography submission.csv against a labels CSV (per-breast pF1, project.mammo.metrics)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 from project.data.classes import BIRADS_CLASSES, FEATURE_TASKS
 from project.data.submission import SubmissionError, read_prediction_csv
 from project.fileio import atomic_write_text, numeric_order_key
+from project.mammo.metrics import format_submission_report, score_submission
 from project.metrics import classification_report, feature_report, overall_score
 
 # Preferred file name first; ground truth may also be stored under the prediction names.
@@ -153,8 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m project.evaluate", description="Challenge score of predictions."
     )
-    parser.add_argument("--pred", required=True, type=Path, help="folder with cla_pre.csv / fea_pre.csv")
-    parser.add_argument("--gt", required=True, type=Path, help="folder with cla_gt.csv / fea_gt.csv")
+    parser.add_argument("--pred", required=True, type=Path,
+                        help="folder with cla_pre.csv / fea_pre.csv, or a mammography submission.csv")
+    parser.add_argument("--gt", required=True, type=Path,
+                        help="folder with cla_gt.csv / fea_gt.csv, or the mammography labels CSV")
     parser.add_argument(
         "--classes", default=",".join(BIRADS_CLASSES), help="class names in label order (comma-separated)"
     )
@@ -164,11 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(classes) < 2:
         parser.error(f"--classes needs at least two names, got {args.classes!r}")
     try:
-        result = evaluate_folders(args.pred, args.gt, classes)
+        if args.pred.is_file():
+            result = score_submission(args.pred, args.gt)
+            text = format_submission_report(result)
+        else:
+            result = evaluate_folders(args.pred, args.gt, classes)
+            text = format_report(result)
     except SubmissionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_report(result))
+    print(text)
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0

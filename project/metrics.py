@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -142,8 +143,13 @@ def feature_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     }
 
 
-def probabilistic_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """pF1 of RSNA screening mammography: F1 with clipped probabilities as soft counts."""
+def pfbeta(labels: np.ndarray, predictions: np.ndarray, beta: float = 1.0) -> float:
+    """Probabilistic F-beta of RSNA screening mammography: clipped probabilities as soft counts.
+
+    pTP = sum of the predictions on positives, pFP = sum on negatives, P = pTP / (pTP + pFP),
+    R = pTP / #positives, pF-beta = (1 + beta²)·P·R / (beta²·P + R). 0 where it is undefined
+    (no positive label, or every prediction 0). With 0/1 predictions it is the ordinary F-beta.
+    """
     labels = np.asarray(labels).astype(bool)
     predictions = np.clip(np.asarray(predictions, dtype=np.float64), 0.0, 1.0)
     true_positive = predictions[labels].sum()
@@ -155,7 +161,13 @@ def probabilistic_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
     recall = true_positive / positives
     if precision + recall == 0:
         return 0.0
-    return float(2 * precision * recall / (precision + recall))
+    beta2 = beta * beta
+    return float((1 + beta2) * precision * recall / (beta2 * precision + recall))
+
+
+def probabilistic_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """pF1: :func:`pfbeta` with beta 1."""
+    return pfbeta(labels, predictions, 1.0)
 
 
 def _threshold_candidates(prob: np.ndarray) -> np.ndarray:
@@ -179,9 +191,12 @@ def _best_threshold(y_true: np.ndarray, prob: np.ndarray, score_fn: ScoreFn) -> 
     return float(candidates[pick]), float(scores[pick])
 
 
-def best_threshold_pf1(labels: np.ndarray, predictions: np.ndarray) -> tuple[float, float]:
-    """(threshold, pF1) of the binarisation `predictions >= threshold` with the highest pF1."""
-    return _best_threshold(labels, np.clip(predictions, 0.0, 1.0), probabilistic_f1)
+def best_threshold_pf1(labels: np.ndarray, predictions: np.ndarray, beta: float = 1.0) -> tuple[float, float]:
+    """(threshold, pF-beta) of the binarisation `predictions >= threshold` with the highest pF-beta.
+
+    Ties go to the threshold closest to 0.5.
+    """
+    return _best_threshold(labels, np.clip(predictions, 0.0, 1.0), functools.partial(pfbeta, beta=beta))
 
 
 def tune_threshold(
