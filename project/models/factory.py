@@ -89,7 +89,22 @@ def load_pretrained(model: nn.Module, timm_name: str) -> LoadReport:
     unloaded = [key for key in report.skipped if not key.startswith(f"{classifier}.")]
     if unloaded:
         raise InitWeightsError(f"{source}: pretrained tensors that do not fit {timm_name}: {unloaded[:5]}")
+    if report.skipped and hasattr(model, "get_classifier"):
+        _start_small(model.get_classifier())
     return report
+
+
+def _start_small(classifier: nn.Module) -> None:
+    """A new classifier on a pretrained trunk starts near zero, like timm's ViT/ConvNeXt heads.
+
+    timm's EfficientNet init draws a K-class head from U(-1/sqrt(K), 1/sqrt(K)): with 1280
+    features that gives logits of several units, a first loss near 3 for 4 classes, and large
+    random gradients flowing into the pretrained trunk during the first epoch.
+    """
+    for layer in classifier.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.trunc_normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
 
 
 def _build(name: str, **kwargs) -> nn.Module:
