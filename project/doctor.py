@@ -48,7 +48,7 @@ def _content_hash(path: Path) -> tuple[Path, str | None, str | None]:
 
 
 def _collect(root: Path, config: DatasetConfig, report: Report) -> dict[str, list[Path]]:
-    """Scan every split present; returns the image paths per split."""
+    """Scan every split present; returns the image paths per split and task ('train/cla', 'testB/fea')."""
     images: dict[str, list[Path]] = {}
     for split in LAYOUT_SPLITS:
         split_dir = root / split
@@ -59,7 +59,8 @@ def _collect(root: Path, config: DatasetConfig, report: Report) -> dict[str, lis
         report.class_counts[split] = Counter(config.classes[s.label] for s in cla.samples)
         report.feature_counts[split] = _feature_counts(fea.samples, config.tasks)
         report.problems += cla.problems + fea.problems
-        images[split] = [s.path for s in cla.samples + fea.samples]
+        images[f"{split}/cla"] = [s.path for s in cla.samples]
+        images[f"{split}/fea"] = [s.path for s in fea.samples]
     for split in FLAT_SPLITS:
         for kind in ("cla", "fea"):
             folder = root / split / kind
@@ -89,14 +90,25 @@ def _check_images(images: dict[str, list[Path]], report: Report, workers: int) -
             else:
                 by_hash[digest].append(path)
     for paths in by_hash.values():
-        if len(paths) < 2:
-            continue
-        splits = {owners[p].split("/")[0] for p in paths}
-        kind = "duplicate across train and test" if "train" in splits and len(splits) > 1 else (
-            "duplicate within train" if splits == {"train"} else "duplicate within test"
-        )
-        names = ", ".join(str(p) for p in paths[1:])
-        report.problems.append(Problem(paths[0], kind, f"same pixels as {names}"))
+        kind = _duplicate_kind([owners[p] for p in paths])
+        if kind is not None:
+            names = ", ".join(str(p) for p in paths[1:])
+            report.problems.append(Problem(paths[0], kind, f"same pixels as {names}"))
+
+
+def _duplicate_kind(owners: Sequence[str]) -> str | None:
+    """What copies of one image in these split/task folders mean; None for no problem.
+
+    One copy per task of one split is one image labelled for both tasks (cla and fea), which
+    leaks nothing: each task trains and validates on its own folder.
+    """
+    per_folder = Counter(owners)
+    splits = {owner.split("/")[0] for owner in per_folder}
+    if len(splits) == 1 and max(per_folder.values()) == 1:
+        return None
+    if "train" in splits and len(splits) > 1:
+        return "duplicate across train and test"
+    return "duplicate within train" if splits == {"train"} else "duplicate within test"
 
 
 def examine(root: Path, workers: int = 4) -> Report:

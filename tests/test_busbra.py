@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from project.adapters.busbra import CLASSES, BusbraError, convert_busbra, main
 from project.data.layout import load_config, load_split, parse_label_file
 from project.data.splits import kfold_indices
-from project.adapters.busbra import CLASSES, BusbraError, convert_busbra, main
 
 BUSBRA = Path(__file__).resolve().parents[2] / "shared" / "data" / "busbra-dev"
 # Three images per official fold, all four BI-RADS classes, both pathologies, a patient with two

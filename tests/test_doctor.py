@@ -33,11 +33,21 @@ def test_corrupt_image_is_named(tiny_dataset: Path, capsys: pytest.CaptureFixtur
 def test_duplicates_within_train_and_across_test(tiny_dataset: Path, capsys: pytest.CaptureFixture) -> None:
     cla = tiny_dataset / "train" / "cla" / "2类" / "images"
     shutil.copy(cla / "1.jpg", tiny_dataset / "testB" / "cla" / "50.jpg")
-    shutil.copy(cla / "2.jpg", tiny_dataset / "train" / "fea" / "images" / "2.jpg")
+    shutil.copy(cla / "2.jpg", tiny_dataset / "train" / "cla" / "4类a" / "images" / "2.jpg")
+    (tiny_dataset / "train" / "cla" / "4类a" / "labels" / "2.txt").write_text("3 0.5 0.5 0.2 0.3\n")
     assert main([str(tiny_dataset)]) == 1
     out = capsys.readouterr().out
     assert "duplicate across train and test" in out and "50.jpg" in out
-    assert "duplicate within train" in out
+    assert "duplicate within train" in out and "4类a/images/2.jpg" in out
+
+
+def test_one_image_labelled_for_both_tasks_is_clean(tiny_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    cla = tiny_dataset / "train" / "cla" / "2类"
+    fea = tiny_dataset / "train" / "fea"
+    shutil.copy(cla / "images" / "2.jpg", fea / "images" / "2.jpg")
+    shutil.copy(fea / "shape_labels" / "10.txt", fea / "shape_labels" / "2.txt")
+    assert main([str(tiny_dataset)]) == 0
+    assert "No problems found." in capsys.readouterr().out
 
 
 def test_not_a_dataset_exits_two(tmp_path: Path) -> None:

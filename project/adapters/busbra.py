@@ -12,18 +12,24 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from PIL import Image, UnidentifiedImageError
-
-from project.data.layout import CONFIG_FILE, Box, class_folder_name, label_line
-from project.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_text, numeric_order_key
+from project.adapters.common import (
+    LINK_MODES,
+    AdapterError,
+    add_link_arguments,
+    check_out,
+    dataset_yaml,
+    image_size,
+    place_image,
+    yolo_box,
+)
+from project.data.layout import CONFIG_FILE, class_folder_name, label_line
+from project.fileio import atomic_write_csv, atomic_write_text, numeric_order_key
 
 CLASSES: tuple[str, ...] = ("2", "3", "4", "5")
 CSV_FILE = "bus_data.csv"
@@ -32,7 +38,6 @@ METADATA_FILE = "metadata.csv"
 METADATA_COLUMNS = ("image", "patient", "fold", "pathology", "histology", "device", "side")
 REQUIRED_COLUMNS = ("ID", "Case", "Histology", "Pathology", "BIRADS", "Device", "Width", "Height", "Side", "BBOX")
 PATHOLOGIES = frozenset({"benign", "malignant"})
-LINK_MODES = ("symlink", "hardlink", "copy")
 BOX_TOLERANCE_PX = 1.0  # BBOX is MATLAB-style (1-based), so it may end one pixel past the image
 CITATION = (
     'W. Gómez-Flores, M. J. Gregorio-Calas, W. C. A. Pereira, "BUS-BRA: A Breast Ultrasound Dataset '
@@ -40,8 +45,7 @@ CITATION = (
 )
 
 
-class BusbraError(ValueError):
-    """A BUS-BRA folder that cannot be converted; the message names the file and row."""
+BusbraError = AdapterError  # the name this module's callers know
 
 
 @dataclass(frozen=True)
@@ -140,66 +144,13 @@ def read_rows(csv_path: Path) -> list[Row]:
     return rows
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except FileNotFoundError:
-        raise BusbraError(f"{path}: image listed in {CSV_FILE} not found") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise BusbraError(f"{path}: cannot read image ({exc})") from None
-
-
-def yolo_box(bbox: Sequence[float], size: tuple[int, int], where: str) -> Box:
-    """Pixel [x, y, width, height] to normalised (cx, cy, w, h), clipped to the image."""
-    x, y, w, h = bbox
-    width, height = size
-    if x < -BOX_TOLERANCE_PX or y < -BOX_TOLERANCE_PX or x + w > width + BOX_TOLERANCE_PX \
-            or y + h > height + BOX_TOLERANCE_PX:
-        raise BusbraError(f"{where}: BBOX {list(bbox)} leaves the {width}x{height} image")
-    x0, y0 = max(x, 0.0) / width, max(y, 0.0) / height
-    x1, y1 = min(x + w, width) / width, min(y + h, height) / height
-    return ((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0)
-
-
-def place_image(source: Path, target: Path, mode: str) -> str:
-    """Put `source` at `target` (replacing it atomically) without ever writing to `source`.
-
-    Returns the mode used: a symlink or hard link that the file system refuses falls back to a copy.
-    """
-    if mode not in LINK_MODES:
-        raise ValueError(f"link mode must be one of {LINK_MODES}, got {mode!r}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if mode != "copy":
-        temporary = target.with_name(f".{target.name}.link.tmp")
-        temporary.unlink(missing_ok=True)
-        try:
-            if mode == "symlink":
-                temporary.symlink_to(source.resolve())
-            else:
-                os.link(source, temporary)
-            os.replace(temporary, target)
-            return mode
-        except OSError:
-            temporary.unlink(missing_ok=True)
-    atomic_write_bytes(target, source.read_bytes())
-    return "copy"
-
-
 def class_folder(birads: str) -> str:
     return class_folder_name(birads)
 
 
 def _dataset_yaml() -> str:
     config = {"classes": list(CLASSES), "metadata": METADATA_FILE, "group_column": "patient", "fold_column": "fold"}
-    header = f"# BUS-BRA converted by project.adapters.busbra. Cite: {CITATION}\n"
-    return header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BusbraError(f"{out}: exists and is not an empty folder; choose a new --out")
+    return dataset_yaml(config, f"BUS-BRA converted by project.adapters.busbra. Cite: {CITATION}")
 
 
 def convert_busbra(src: Path, out: Path, link: str = "symlink") -> ConversionSummary:
@@ -208,14 +159,14 @@ def convert_busbra(src: Path, out: Path, link: str = "symlink") -> ConversionSum
     if link not in LINK_MODES:
         raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
     rows = sorted(read_rows(src / CSV_FILE), key=lambda r: numeric_order_key(r.image_id))
-    _check_out(out)
+    check_out(out)
     summary = ConversionSummary(out=out)
     boxes = []  # every image is checked before anything is written
     for row in rows:
-        real_size = image_size(src / IMAGE_DIR / f"{row.image_id}.png")
+        real_size = image_size(src / IMAGE_DIR / f"{row.image_id}.png", CSV_FILE)
         if real_size != row.csv_size:
             summary.size_mismatches.append(SizeMismatch(row.image_id, row.csv_size, real_size))
-        boxes.append(yolo_box(row.bbox, real_size, f"{src / CSV_FILE}: {row.image_id}"))
+        boxes.append(yolo_box(row.bbox, real_size, f"{src / CSV_FILE}: {row.image_id}", BOX_TOLERANCE_PX))
     placed: Counter[str] = Counter()
     metadata = []
     for row, box in zip(rows, boxes):
@@ -242,9 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--src", type=Path, required=True, help="BUS-BRA folder holding bus_data.csv and Images/")
     parser.add_argument("--out", type=Path, required=True, help="new or empty output folder")
-    parser.add_argument("--link", choices=LINK_MODES, default="symlink",
-                        help="how images are placed (default symlink; copy where linking fails)")
-    parser.add_argument("--copy", dest="link", action="store_const", const="copy", help="same as --link copy")
+    add_link_arguments(parser)
     args = parser.parse_args(argv)
     try:
         summary = convert_busbra(args.src, args.out, args.link)
