@@ -34,7 +34,7 @@ class MyConvNeXt(nn.Module):
         self.stem = trunk.stem
         self.stages = trunk.stages
         for stage in self.stages:
-            stage.blocks = _followed_by_dropout(stage.blocks, p_block)
+            stage.blocks = followed_by_dropout(stage.blocks, p_block)
         self.norm_pre = trunk.norm_pre
         self.head = NormMlpClassifierHead(
             self.num_features,
@@ -45,7 +45,7 @@ class MyConvNeXt(nn.Module):
             norm_layer="layernorm2d",
             act_layer="gelu",
         )
-        _init_linear_layers(self.head)
+        init_linear_layers(self.head)
         # Set by build_my_convnext: the JSON kwargs that rebuild this model.
         self.model_kwargs: dict[str, str | int | float] | None = None
 
@@ -73,7 +73,7 @@ class MyConvNeXt(nn.Module):
         return groups
 
 
-def _followed_by_dropout(blocks: nn.Sequential, p: float) -> nn.Sequential:
+def followed_by_dropout(blocks: nn.Sequential, p: float) -> nn.Sequential:
     """The same blocks under the same names, each followed by nn.Dropout(p) named '<i>_dropout'."""
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     for name, block in blocks.named_children():
@@ -82,7 +82,7 @@ def _followed_by_dropout(blocks: nn.Sequential, p: float) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
-def _init_linear_layers(module: nn.Module) -> None:
+def init_linear_layers(module: nn.Module) -> None:
     """timm's ConvNeXt initialisation for linear layers: truncated normal (std 0.02), zero bias."""
     for layer in module.modules():
         if isinstance(layer, nn.Linear):

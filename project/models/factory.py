@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 _OWN_BUILDERS = {
     "my_convnext": "project.models.convnext:build_my_convnext",
     "my_densenet": "project.models.densenet:build_my_densenet",
+    "my_efficientnet": "project.models.efficientnet:build_my_efficientnet",
+    "my_efficientnet_features": "project.models.efficientnet:build_my_efficientnet_features",
 }
 # Keys under which training frameworks nest the weights (Lightning, FB/DeiT, plain torch).
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict", "module")

@@ -1,0 +1,61 @@
+"""Both ultrasound heads on the EfficientNet-Lite trunk: shapes, regularisation, CBAM, offline weights by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from project.models.factory import create_model, param_groups
+from project.models.pretrained import offline_state_dict
+
+
+@pytest.fixture(scope="module")
+def imagenet() -> dict[str, torch.Tensor]:
+    return offline_state_dict("tf_efficientnet_lite0")
+
+
+@pytest.mark.parametrize(("name", "kwargs", "shape"), [
+    ("my_efficientnet", {"num_classes": 6}, (2, 6)),
+    ("my_efficientnet_features", {"tasks": ["boundary", "shape", "calcification"]}, (2, 3, 2)),
+])
+def test_both_heads_load_every_imagenet_trunk_tensor_by_name(
+    imagenet: dict[str, torch.Tensor], name: str, kwargs: dict, shape: tuple[int, ...]
+) -> None:
+    model = create_model(name, pretrained=True, **kwargs).eval()
+
+    state = model.state_dict()
+    for key, tensor in imagenet.items():
+        if not key.startswith("classifier."):
+            torch.testing.assert_close(state[key], tensor, rtol=0, atol=0)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == shape
+
+
+def test_the_classifier_has_block_dropout_rising_stochastic_depth_and_an_mlp_head() -> None:
+    model = create_model("my_efficientnet", num_classes=4, p_block=0.1, sd_max=0.3, p_head=0.4)
+
+    blocks = [m for stage in model.blocks for name, m in stage.named_children() if not name.endswith("_dropout")]
+    dropouts = [m for stage in model.blocks for name, m in stage.named_children() if name.endswith("_dropout")]
+    assert len(blocks) == len(dropouts) == 16 and all(d.p == 0.1 for d in dropouts)
+    rates = [b.drop_path.drop_prob if hasattr(b.drop_path, "drop_prob") else 0.0 for b in blocks]
+    assert rates[0] == 0.0 and rates == sorted(rates) and rates[-1] == pytest.approx(0.3 * 15 / 16)
+    assert model.head.drop.p == 0.4 and model.head.pre_logits.fc.out_features == 640
+
+
+def test_the_feature_recogniser_has_one_cbam_per_resolution_level() -> None:
+    model = create_model("my_efficientnet_features", tasks=["boundary"])
+    assert list(model.after_stage) == ["0", "1", "2", "4", "6"]
+    assert [m.channel.fc1.out_channels for m in model.cbam_modules()] == [16 // 8, 24 // 16, 40 // 24, 112 // 32, 320 // 40]
+
+
+@pytest.mark.parametrize("name", ["my_efficientnet", "my_efficientnet_features"])
+def test_param_groups_cover_every_parameter_once_from_head_to_stem(name: str) -> None:
+    model = create_model(name)
+    groups = param_groups(model)
+    assert list(groups) == ["head", *(f"stage{i}" for i in reversed(range(7))), "stem"]
+    ids = [id(p) for group in groups.values() for p in group]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
+    assert {id(p) for p in model.conv_stem.parameters()} <= set(map(id, groups["stem"]))
+    head_modules: list[nn.Module] = [model.conv_head, model.bn2]
+    assert {id(p) for m in head_modules for p in m.parameters()} <= set(map(id, groups["head"]))
