@@ -46,7 +46,8 @@ def test_the_classifier_has_block_dropout_rising_stochastic_depth_and_an_mlp_hea
 def test_the_feature_recogniser_has_one_cbam_per_resolution_level() -> None:
     model = create_model("my_efficientnet_features", tasks=["boundary"])
     assert list(model.after_stage) == ["0", "1", "2", "4", "6"]
-    assert [m.channel.fc1.out_channels for m in model.cbam_modules()] == [16 // 8, 24 // 16, 40 // 24, 112 // 32, 320 // 40]
+    hidden = [m.channel.fc1.out_channels for m in model.cbam_modules()]
+    assert hidden == [16 // 8, 24 // 16, 40 // 24, 112 // 32, 320 // 40]
 
 
 @pytest.mark.parametrize("name", ["my_efficientnet", "my_efficientnet_features"])
