@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from project.data.classes import BIRADS_CLASSES, FEATURE_TASKS  # noqa: E402
 from project.data.layout import list_images  # noqa: E402
 from project.data.transforms import Preprocess  # noqa: E402
-from project.engine import autocast_dtype, resolve_device  # noqa: E402
 from project.fileio import atomic_write_csv  # noqa: E402
 from project.models.checkpoint import CheckpointConfig, save_checkpoint  # noqa: E402
 from project.models.densenet import TINY_DENSENET  # noqa: E402
 from project.models.factory import create_model  # noqa: E402
 from project.phantom import generate_phantom  # noqa: E402
 from project.predict import Member, load_members, predict_folder, write_predictions  # noqa: E402
+from project.runtime import autocast_dtype, resolve_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = 0.9
@@ -172,7 +172,7 @@ def run_py_timing(paths: list[Path], members: list[Member], kind: str, args: arg
     hooks = [m.model.register_forward_pre_hook(lambda *_: calls.append(time.perf_counter())) for m in members]
     try:
         predictions = predict_folder(paths, members, device, args.batch_size, args.workers, desc=kind)
-        write_predictions(out_dir, kind, predictions, members, "name")
+        write_predictions(out_dir, predictions, members, "name")
         ended = time.perf_counter()
     finally:
         for hook in hooks:

@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from project.config import parse_with_config  # noqa: E402
 from project.data.layout import load_split  # noqa: E402
-from project.engine import SUMMARY_FILE  # noqa: E402
 from project.fileio import atomic_write_csv  # noqa: E402
 from project.metrics import classification_score  # noqa: E402
 from project.phantom import generate_phantom  # noqa: E402
+from project.runfolder import SUMMARY_FILE  # noqa: E402
 from project.training import build_parser, run, split_samples  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

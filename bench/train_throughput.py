@@ -24,9 +24,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from project.engine import SUMMARY_FILE, autocast_dtype, make_loader, resolve_device  # noqa: E402
 from project.fileio import atomic_write_csv  # noqa: E402
 from project.phantom import generate_phantom  # noqa: E402
+from project.runfolder import SUMMARY_FILE  # noqa: E402
+from project.runtime import autocast_dtype, make_loader, resolve_device  # noqa: E402
 from project.training import Setup, build_parser, loader_workers, prepare, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +143,7 @@ class BareLoop:
         self.dtype = autocast_dtype(trainer_args.amp, self.device)
         memory_format = torch.channels_last if trainer_args.channels_last else torch.contiguous_format
         self.model = setup.model.to(self.device, memory_format=memory_format).train()
-        self.criterion = setup.task.criterion
+        self.criterion = setup.criterion
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=trainer_args.lr,
                                            weight_decay=trainer_args.weight_decay)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)

@@ -11,6 +11,11 @@ import yaml
 from project.fileio import atomic_write_text
 
 
+def comma_floats(text: str) -> list[float]:
+    """An argparse type: '1,0.5,2' -> [1.0, 0.5, 2.0]."""
+    return [float(v) for v in str(text).split(",")]
+
+
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse `argv`; keys of the YAML named by `--config` become defaults the command line overrides."""
     pre = argparse.ArgumentParser(add_help=False)

@@ -10,11 +10,14 @@ from pathlib import Path
 
 from project.evaluate import evaluate_folders, format_report
 from project.phantom import generate_phantom
+from project.runfolder import BEST_CHECKPOINT
 from project.testb import main as run_testb
 from project.training import run as train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+# Task name -> (the CPU recipe it trains with, the prefix run.py looks for in weights/).
+RECIPES = {"cla": ("cls_phantom_cpu.yaml", "cls"), "fea": ("fea_phantom_cpu.yaml", "fea")}
 
 
 def _phantom(data: Path, n_train: int, n_test: int, size: int, seed: int) -> None:
@@ -25,14 +28,14 @@ def _phantom(data: Path, n_train: int, n_test: int, size: int, seed: int) -> Non
     generate_phantom(data, n_train=n_train, n_test=n_test, size=size, seed=seed)
 
 
-def _train(kind: str, data: Path, run_dir: Path, epochs: int | None) -> Path:
-    config = CONFIGS / ("cls_phantom_cpu.yaml" if kind == "cla" else "fea_phantom_cpu.yaml")
+def _train(task: str, recipe: str, data: Path, run_dir: Path, epochs: int | None) -> Path:
+    config = CONFIGS / recipe
     argv = ["--config", str(config), "--data", str(data), "--out", str(run_dir)]
     if epochs is not None:
         argv += ["--epochs", str(epochs)]
-    print(f"[demo] training {kind} with {config.name} into {run_dir}")
-    train(argv, kind)
-    return run_dir / "best.safetensors"
+    print(f"[demo] training {task} with {config.name} into {run_dir}")
+    train(argv, task)
+    return run_dir / BEST_CHECKPOINT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _phantom(data, args.n_train, args.n_test, args.size, args.seed)
     args.weights_dir.mkdir(parents=True, exist_ok=True)
     weights = {}
-    for kind, prefix in (("cla", "cls"), ("fea", "fea")):
-        best = _train(kind, data, args.workdir / "runs" / kind, args.epochs)
+    for task, (recipe, prefix) in RECIPES.items():
+        best = _train(task, recipe, data, args.workdir / "runs" / task, args.epochs)
         weights[prefix] = args.weights_dir / f"{prefix}_demo.safetensors"
         shutil.copyfile(best, weights[prefix])
     predictions = args.workdir / "predictions"

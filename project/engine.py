@@ -1,26 +1,23 @@
-"""The one training loop both trainers share: optimisation, evaluation, logging, checkpoints, resume, DDP."""
+"""The one training loop every task shares: optimisation, validation, logging, checkpoints, resume, DDP."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -28,31 +25,22 @@ from project.fileio import atomic_write_bytes, atomic_write_text
 from project.models.checkpoint import CheckpointConfig, save_checkpoint
 from project.models.factory import param_groups
 from project.plots import plot_confusion_matrices, plot_learning_curves
+from project.runfolder import BEST_CHECKPOINT, RESUME_STATE, SUMMARY_FILE
+from project.runtime import (
+    ShardSampler,
+    autocast_dtype,
+    gather,
+    init_distributed,
+    is_main_process,
+    make_loader,
+    resolve_device,
+    seed_everything,
+    shard_order,
+)
+from project.tasks.base import Evaluation
 
-BEST_CHECKPOINT = "best.safetensors"
 PROGRESS_EVERY = 10  # training steps between progress-bar updates
-RESUME_STATE = "last_state.pt"
-SUMMARY_FILE = "summary.csv"
-
-
-class Task(Protocol):
-    """What differs between trainers besides the model: labels, loss and how outputs are judged."""
-
-    kind: str
-    labels: list[str]
-    criterion: nn.Module
-
-    def evaluate(self, logits: torch.Tensor, targets: torch.Tensor) -> Evaluation: ...
-
-
-@dataclass
-class Evaluation:
-    """Validation result: `metrics['score']` selects the best epoch."""
-
-    metrics: dict[str, float]
-    confusion: dict[str, np.ndarray] = field(default_factory=dict)
-    confusion_labels: dict[str, list[str]] = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=dict)
+Judge = Callable[[torch.Tensor, torch.Tensor], Evaluation]
 
 
 @dataclass
@@ -87,92 +75,6 @@ class EngineConfig:
 
     def plan(self) -> list[Stage]:
         return self.stages or [Stage(epochs=self.epochs, lr=self.lr)]
-
-
-def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); starts the process group when launched by torchrun."""
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def init_worker(_: int) -> None:
-    """DataLoader worker set-up: its own augmentation stream where the dataset has one."""
-    info = torch.utils.data.get_worker_info()
-    if hasattr(info.dataset, "reseed"):
-        info.dataset.reseed(torch.initial_seed() % 2**32)
-
-
-class ShardSampler(Sampler[int]):
-    """Every rank evaluates its own slice, without the padding DistributedSampler adds."""
-
-    def __init__(self, size: int, rank: int, world_size: int) -> None:
-        self.indices = list(range(size))[rank::world_size]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-
-def make_loader(dataset: Dataset, batch_size: int, workers: int, sampler: Sampler | None, train: bool) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=train and sampler is None,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=train and len(dataset) > batch_size,
-        persistent_workers=workers > 0,
-        worker_init_fn=init_worker,
-    )
-
-
-def default_workers(device: torch.device) -> int:
-    """DataLoader workers for `--workers auto`.
-
-    On CPU none: the training step already keeps every core busy, so worker processes only take
-    turns with it (measured on 2 cores: engine/bare 0.90-1.02 with none against 0.86-0.90 with two,
-    with the RAM image cache). On a GPU, all cores but one per local rank, at most 8.
-    """
-    if device.type != "cuda":
-        return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)) - 1))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 where the GPU has it, else fp16 on CUDA; off on CPU unless asked for bf16."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 def _trainable(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
@@ -214,21 +116,28 @@ def _scheduler(optimizer, config: EngineConfig, stage: Stage, steps_per_epoch: i
     )
 
 
-def _gather(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    if not dist.is_initialized():
-        return tensors
-    parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, [t.cpu() for t in tensors])
-    return [torch.cat([p[i] for p in parts]) for i in range(len(tensors))]
+def _in_dataset_order(tensors: list[torch.Tensor], world_size: int) -> list[torch.Tensor]:
+    """Rows gathered shard by shard put back in the order of the dataset."""
+    order = shard_order(len(tensors[0]), world_size)
+    restored = []
+    for tensor in tensors:
+        rows = torch.empty_like(tensor)
+        rows[order] = tensor
+        restored.append(rows)
+    return restored
 
 
 class Trainer:
-    """Fits `model` on `train_data` for `task`, judging each epoch on `val_data`, into `out_dir`."""
+    """Fits `model` to minimise `criterion` on `train_data`, judging each epoch on `val_data`, into `out_dir`.
+
+    `evaluate(logits, targets)` judges the whole validation set, its rows in `val_data`'s order.
+    """
 
     def __init__(
         self,
         model: nn.Module,
-        task: Task,
+        criterion: nn.Module,
+        evaluate: Judge,
         train_data: Dataset,
         val_data: Dataset,
         out_dir: Path,
@@ -239,7 +148,7 @@ class Trainer:
     ) -> None:
         self.rank, self.world_size = init_distributed()
         seed_everything(config.seed + self.rank, config.deterministic)
-        self.config, self.task, self.out_dir = config, task, Path(out_dir)
+        self.config, self.criterion, self.evaluate, self.out_dir = config, criterion, evaluate, Path(out_dir)
         self.checkpoint_config = checkpoint_config
         self.device = resolve_device(config.device)
         self.dtype = autocast_dtype(config.amp, self.device)
@@ -336,7 +245,7 @@ class Trainer:
 
     def _step(self, network: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            loss = self.task.criterion(network(images), targets)
+            loss = self.criterion(network(images), targets)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
@@ -357,11 +266,11 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
                 logits.append(model(images).float().cpu())
             targets.append(target)
-        logits, targets = _gather([torch.cat(logits), torch.cat(targets)])
+        logits, targets = _in_dataset_order(gather([torch.cat(logits), torch.cat(targets)]), self.world_size)
         if not is_main_process():
             return None, 0.0
-        val_loss = float(self.task.criterion(logits, targets))
-        return self.task.evaluate(logits, targets), val_loss
+        val_loss = float(self.criterion(logits, targets))
+        return self.evaluate(logits, targets), val_loss
 
     def _end_epoch(self, train_loss: float, speed: float, val_loss: float, evaluation: Evaluation | None) -> bool:
         """Log, checkpoint and decide early stopping on rank 0; every rank learns the decision."""

@@ -11,27 +11,31 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from project.data.imageio import ImageReadError
-from project.data.submission import write_cla_csv, write_fea_csv
 from project.data.transforms import Preprocess, Preprocessor, to_tensor
-from project.engine import autocast_dtype, init_worker
 from project.fileio import atomic_write_csv
 from project.models.checkpoint import CheckpointConfig, load_checkpoint
+from project.runtime import autocast_dtype, make_loader
+from project.tasks import Task, create_task
 
 ERRORS_FILE = "run_errors.csv"
 
 
 @dataclass
 class Member:
-    """One checkpoint of an ensemble."""
+    """One checkpoint of an ensemble, with the task it names."""
 
     model: torch.nn.Module
     config: CheckpointConfig
     preprocess: Preprocess
     path: Path
+    task: Task = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.task = create_task(self.config.task, self.config.labels)
 
 
 @dataclass
@@ -90,11 +94,10 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
 
 
 def _member_probs(member: Member, images: torch.Tensor, tta: bool, dtype: torch.dtype | None) -> torch.Tensor:
-    """Class probabilities [B, K] or positive-class probabilities [B, T]."""
+    """The task's probabilities [B, len(labels)], averaged over the views."""
     views = [images, images.flip(-1)] if tta else [images]
     with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        probs = torch.stack([torch.softmax(member.model(view).float(), dim=-1) for view in views]).mean(0)
-    return probs[..., 1] if member.config.task == "fea" else probs
+        return torch.stack([member.task.probabilities(member.model(view)) for view in views]).mean(0)
 
 
 def _groups_by_preprocess(members: Sequence[Member]) -> list[list[Member]]:
@@ -123,10 +126,7 @@ def predict_folder(
     errors: dict[int, str] = {}
     groups = _groups_by_preprocess(members)
     for group in groups:
-        loader = DataLoader(
-            ImageFolderDataset(paths, group[0].preprocess), batch_size=batch_size, num_workers=workers,
-            collate_fn=_collate, pin_memory=device.type == "cuda", worker_init_fn=init_worker,
-        )
+        loader = make_loader(ImageFolderDataset(paths, group[0].preprocess), batch_size, workers, collate_fn=_collate)
         for indices, images, bad in tqdm(loader, desc=desc, unit="batch", leave=False, disable=len(paths) == 0):
             errors.update(bad)
             if images is None:
@@ -143,25 +143,17 @@ def predict_folder(
     )
 
 
-def ensemble_thresholds(members: Sequence[Member]) -> np.ndarray:
-    """Per-task decision thresholds: the mean of the members' tuned thresholds (0.5 where absent)."""
-    tasks = members[0].config.labels
-    return np.array([np.mean([m.config.thresholds.get(t, 0.5) for m in members]) for t in tasks])
+def ensemble_thresholds(members: Sequence[Member]) -> dict[str, float]:
+    """Decision thresholds by label: the mean of the members' tuned ones (0.5 for a member without one)."""
+    labels = members[0].config.labels
+    tuned = [label for label in labels if any(label in m.config.thresholds for m in members)]
+    return {label: float(np.mean([m.config.thresholds.get(label, 0.5) for m in members])) for label in tuned}
 
 
-def write_predictions(
-    out_dir: Path, kind: str, predictions: Predictions, members: Sequence[Member], id_style: str
-) -> Path:
-    """cla_pre.csv (argmax class) or fea_pre.csv (probability ≥ threshold), atomically."""
-    if kind == "cla":
-        labels = predictions.probs.argmax(axis=1)
-        path = out_dir / "cla_pre.csv"
-        write_cla_csv(path, dict(zip(predictions.names, labels.tolist())), id_style=id_style)
-        return path
-    values = (predictions.probs >= ensemble_thresholds(members)).astype(int)
-    path = out_dir / "fea_pre.csv"
-    write_fea_csv(path, dict(zip(predictions.names, values.tolist())), members[0].config.labels, id_style=id_style)
-    return path
+def write_predictions(out_dir: Path, predictions: Predictions, members: Sequence[Member], id_style: str) -> Path:
+    """The ensemble's decisions in its task's submission file (cla_pre.csv, fea_pre.csv, ...), atomically."""
+    task = members[0].task
+    return task.write_submission(out_dir, predictions.names, predictions.probs, ensemble_thresholds(members), id_style)
 
 
 def write_errors(out_dir: Path, errors: dict[str, dict[str, str]]) -> None:

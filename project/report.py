@@ -16,7 +16,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import yaml
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -24,16 +23,23 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
 from project.data.classes import normalise_class_name
-from project.data.layout import NotADataset, Sample, load_split
+from project.data.layout import Sample
 from project.data.submission import write_cla_csv
-from project.engine import BEST_CHECKPOINT, SUMMARY_FILE, resolve_device
 from project.evaluate import evaluate_folders
 from project.fileio import atomic_write_csv, atomic_write_text, numeric_order_key
 from project.plots import plot_confusion_matrices, plot_learning_curves, save_figure
 from project.predict import ImageFolderDataset, Member, Predictions, load_members, predict_folder
-from project.training import labelled_samples, split_samples
+from project.runfolder import (
+    BEST_CHECKPOINT,
+    SUMMARY_FILE,
+    VALIDATION_FILE,
+    RunFolderError,
+    load_run_args,
+    read_validation_split,
+)
+from project.runtime import resolve_device
+from project.tasks import ClassificationTask
 
-ARGS_FILE = "args.yaml"
 MALIGNANT_FROM = 4  # BI-RADS 4 and above: biopsy recommended
 CALIBRATION_BINS = 10
 CV_COLUMNS = {
@@ -71,54 +77,38 @@ class Validation:
     data: Path
 
 
-def load_run_args(run: Path) -> argparse.Namespace:
-    """The training arguments saved in RUN/args.yaml."""
-    path = Path(run) / ARGS_FILE
-    if not path.is_file():
-        raise ReportError(f"{path}: not found; is {run} a run folder written by the trainers?")
-    return argparse.Namespace(**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
-
-
-def _split_description(args: argparse.Namespace, samples: Sequence[Sample], val: Sequence[Sample]) -> str:
-    """Which images validate, in words; mirrors project.data.splits.kfold_indices."""
+def split_description(args: argparse.Namespace, val: Sequence[Sample]) -> str:
+    """Which images validate, in words, from the run's arguments and its val.csv."""
     if not args.folds:
         return f"hold-out {args.val_fraction:.0%} (seed {args.seed})"
-    folds = {s.fold for s in samples}
-    if None not in folds and len(folds) == args.folds:
+    official = {s.fold for s in val}
+    if len(official) == 1 and None not in official:
         return f"fold {args.fold} of {args.folds} (official fold {val[0].fold})"
     return f"fold {args.fold} of {args.folds} (seed {args.seed})"
 
 
-def validation_samples(args: argparse.Namespace, root: Path) -> tuple[list[Sample], list[str], str]:
-    """The validation samples of the run's split (rebuilt as the trainer built it), classes and a description."""
-    try:
-        scan, config = load_split(root, "train", "cla")
-    except NotADataset as exc:
-        raise ReportError(f"{exc}; pass --data to point at the run's dataset") from None
-    samples = labelled_samples(scan.samples)
-    if not samples:
-        raise ReportError(f"{root}: no labelled classification images")
-    _, val = split_samples(samples, args)
-    return val, list(config.classes), _split_description(args, samples, val)
+def _classifier(run: Path, device: torch.device) -> Member:
+    """RUN/best.safetensors, which must be a classification checkpoint."""
+    checkpoint = run / BEST_CHECKPOINT
+    if not checkpoint.is_file():
+        raise ReportError(f"{checkpoint}: not found; has the run finished an epoch?")
+    member = load_members([checkpoint], device)[0]
+    if not isinstance(member.task, ClassificationTask):
+        raise ReportError(f"{checkpoint}: a {member.task.name} checkpoint; the report covers classification runs")
+    return member
 
 
 def predict_validation(
     run: Path, data: Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
     tta: bool = False,
 ) -> Validation:
-    """Probabilities of RUN/best.safetensors on the run's validation images, through project.predict."""
+    """Probabilities of RUN/best.safetensors on the images of RUN/val.csv, through project.predict."""
     run = Path(run)
     args = load_run_args(run)
     root = Path(data or args.data)
-    val, classes, split = validation_samples(args, root)
     torch_device = resolve_device(device)
-    checkpoint = run / BEST_CHECKPOINT
-    if not checkpoint.is_file():
-        raise ReportError(f"{checkpoint}: not found; has the run finished an epoch?")
-    member = load_members([checkpoint], torch_device)[0]
-    if member.config.task != "cla" or member.config.labels != classes:
-        raise ReportError(f"{checkpoint}: task {member.config.task} labels {member.config.labels} do not match "
-                          f"the dataset's classes {classes}")
+    member = _classifier(run, torch_device)
+    val = read_validation_split(run / VALIDATION_FILE, member.task, root)
     names = [s.path.name for s in val]
     repeated = sorted(n for n, count in Counter(names).items() if count > 1)
     if repeated:
@@ -128,8 +118,9 @@ def predict_validation(
     by_name = {s.path.name: s for s in val}
     order = sorted(range(len(predictions.names)), key=lambda i: numeric_order_key(predictions.names[i]))
     return Validation(
-        samples=[by_name[predictions.names[i]] for i in order], probs=predictions.probs[order], classes=classes,
-        member=member, skipped=predictions.errors, split=split, data=root,
+        samples=[by_name[predictions.names[i]] for i in order], probs=predictions.probs[order],
+        classes=member.task.labels, member=member, skipped=predictions.errors, split=split_description(args, val),
+        data=root,
     )
 
 
@@ -447,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="HTML validation report of a classification run, or a cross-validation table over runs.",
     )
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", type=Path, help="run folder (args.yaml, summary.csv, best.safetensors)")
+    which.add_argument("--run", type=Path, help="run folder (args.yaml, val.csv, summary.csv, best.safetensors)")
     which.add_argument("--cv", type=Path, nargs="+", metavar="RUN", help="one run folder per fold")
     parser.add_argument("--data", type=Path, help="dataset root (default: the run's --data in args.yaml)")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
@@ -467,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.out / 'index.html'}: accuracy {metrics['cla']['accuracy']:.4f}, "
                   f"macro-F1 {metrics['cla']['macro_f1']:.4f}, kappa {_fmt(metrics['cla']['kappa'])}, "
                   f"malignancy AUC {_fmt(_auc_of(metrics['malignancy']['birads']))}")
-    except ReportError as exc:
+    except (ReportError, RunFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -12,11 +12,12 @@ import torch
 
 from project.data.layout import list_images
 from project.data.submission import ID_STYLES
-from project.engine import resolve_device
 from project.models.checkpoint import CheckpointError
 from project.predict import ERRORS_FILE, load_members, predict_folder, write_errors, write_predictions
+from project.runtime import resolve_device
 
-KINDS = {"cla": "cls", "fea": "fea"}
+# The challenge's testB folders, each predicted by the task of the same name, and their checkpoints' file prefix.
+FOLDERS = {"cla": "cls", "fea": "fea"}
 
 
 class UsageError(Exception):
@@ -54,10 +55,11 @@ def find_test_folder(given: Path | None) -> Path:
     raise UsageError(f"test folder not found: {' or '.join(str(c) for c in candidates)}")
 
 
-def checkpoints_for(kind: str, given: Sequence[Path] | None, weights_dir: Path) -> list[Path]:
-    paths = list(given) if given else sorted(weights_dir.glob(f"{KINDS[kind]}*.safetensors"))
+def checkpoints_for(folder: str, given: Sequence[Path] | None, weights_dir: Path) -> list[Path]:
+    prefix = FOLDERS[folder]
+    paths = list(given) if given else sorted(weights_dir.glob(f"{prefix}*.safetensors"))
     if not paths:
-        raise UsageError(f"no {kind} checkpoint: pass --{KINDS[kind]}-weights or put {KINDS[kind]}*.safetensors "
+        raise UsageError(f"no {folder} checkpoint: pass --{prefix}-weights or put {prefix}*.safetensors "
                          f"in {weights_dir}/")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -67,31 +69,30 @@ def checkpoints_for(kind: str, given: Sequence[Path] | None, weights_dir: Path) 
 
 def run(args: argparse.Namespace) -> int:
     test_dir = find_test_folder(args.data)
-    folders = {kind: test_dir / kind for kind in KINDS if (test_dir / kind).is_dir()}
+    folders = {name: test_dir / name for name in FOLDERS if (test_dir / name).is_dir()}
     if not folders:
         raise UsageError(f"{test_dir}: holds neither cla/ nor fea/")
     device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - args.workers))
     weights = {
-        kind: checkpoints_for(kind, args.cls_weights if kind == "cla" else args.fea_weights, args.weights_dir)
-        for kind in folders
+        name: checkpoints_for(name, getattr(args, f"{FOLDERS[name]}_weights"), args.weights_dir) for name in folders
     }
     errors, total_images, total_seconds = {}, 0, 0.0
-    for kind, folder in folders.items():
+    for name, folder in folders.items():
         try:
-            members = load_members(weights[kind], device)
+            members = load_members(weights[name], device)
         except (CheckpointError, ValueError) as exc:
             raise UsageError(str(exc)) from None
-        if members[0].config.task != kind:
-            raise UsageError(f"{members[0].path}: a {members[0].config.task} checkpoint given for {kind}")
+        if members[0].task.name != name:
+            raise UsageError(f"{members[0].path}: a {members[0].task.name} checkpoint given for {name}")
         predictions = predict_folder(list_images(folder), members, device, args.batch_size, args.workers,
-                                     args.tta, desc=kind)
-        path = write_predictions(args.out_dir, kind, predictions, members, args.id_style)
-        errors[kind] = predictions.errors
+                                     args.tta, desc=name)
+        path = write_predictions(args.out_dir, predictions, members, args.id_style)
+        errors[name] = predictions.errors
         total_images += len(predictions.names)
         total_seconds += predictions.seconds
-        print(f"{kind}: {len(predictions.names)} images -> {path} ({len(predictions.errors)} skipped)")
+        print(f"{name}: {len(predictions.names)} images -> {path} ({len(predictions.errors)} skipped)")
     write_errors(args.out_dir, errors)
     bad = sum(len(v) for v in errors.values())
     rate = total_images / max(total_seconds, 1e-9)

@@ -1,4 +1,4 @@
-"""Command-line training for both ultrasound trainers: arguments → data, model, loss → the engine."""
+"""Command-line training of any registered task: arguments → the task's data, model and loss → the engine."""
 
 from __future__ import annotations
 
@@ -8,55 +8,46 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
-from timm.data import Mixup, resolve_data_config
+from timm.data import resolve_data_config
+from torch.utils.data import Sampler
 
-from project.config import parse_with_config, save_args
+from project.config import comma_floats, parse_with_config, save_args
 from project.data.cache import UnreadableImages, cache_bytes, fits_in_memory
 from project.data.datasets import CutMixConfig, LesionDataset
-from project.data.layout import NotADataset, Sample, load_split
-from project.data.samplers import OversamplingSampler, class_draw_weights
+from project.data.layout import NotADataset, Sample
 from project.data.splits import kfold_indices, train_val_indices
 from project.data.transforms import AugmentConfig, CutBlackConfig, Preprocess
-from project.engine import (
-    EngineConfig,
-    Stage,
-    Trainer,
-    default_workers,
-    init_distributed,
-    is_main_process,
-    resolve_device,
-)
-from project.losses import ClassificationLoss, MultiTaskLoss, inverse_frequency_weights
+from project.engine import EngineConfig, Stage, Trainer
 from project.models.checkpoint import CheckpointConfig
 from project.models.factory import PretrainedWeightsUnavailable, create_model, load_init_weights
-from project.tasks import ClassificationTask, FeatureTask
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in str(text).split(",")]
+from project.runfolder import ARGS_FILE, VALIDATION_FILE, write_validation_split
+from project.runtime import default_workers, init_distributed, is_main_process, resolve_device
+from project.tasks import Task, task_class
+from project.tasks.base import BatchTransform
 
 
 def _workers(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
 
-def build_parser(kind: str) -> argparse.ArgumentParser:
-    """Arguments shared by both trainers, then the ones of `kind` ('cla' or 'fea')."""
-    what = "BI-RADS classifier (MyConvNeXt)" if kind == "cla" else "lesion-feature recogniser (MyDenseNet)"
-    parser = argparse.ArgumentParser(description=f"Train the {what} on a dataset in the challenge layout.")
+def build_parser(name: str) -> argparse.ArgumentParser:
+    """Arguments shared by every trainer, then those of the task registered as `name`."""
+    task = task_class(name)
+    parser = argparse.ArgumentParser(description=f"Train the {task.title} on a dataset in the challenge layout.")
     add = parser.add_argument
     add("--config", type=Path, help="YAML file whose keys are defaults for the flags below")
     add("--data", type=Path, required=True, help="dataset root holding train/ (and dataset.yaml)")
     add("--out", type=Path, required=True, help="run folder; an existing one is resumed")
-    add("--model", default="convnext_tiny" if kind == "cla" else "densenet121", help="backbone or timm model name")
+    add("--model", default=task.default_model, help="backbone or timm model name")
     add("--model-kwargs", type=json.loads, default={}, help="extra model kwargs as JSON")
     add("--img-size", type=int, default=224)
     add("--epochs", type=int, default=30)
     add("--batch-size", type=int, default=32)
-    add("--lr", type=float, default=1e-3 if kind == "fea" else 4e-4)
+    add("--lr", type=float, default=task.default_lr)
     add("--weight-decay", type=float, default=0.05)
     add("--warmup-epochs", type=float, default=1.0)
     add("--min-lr", type=float, default=1e-6)
@@ -89,42 +80,15 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     add("--cut-black-threshold", type=int, default=10)
     add("--cut-black-fraction", type=float, default=0.8)
     add("--clahe", action="store_true", help="CLAHE on every image (training and prediction)")
-    add("--mean", type=_floats, default=None, help="per-channel normalisation mean (default: the model's pretrained one)")
-    add("--std", type=_floats, default=None, help="per-channel normalisation std (default: the model's pretrained one)")
+    add("--mean", type=comma_floats, default=None,
+        help="per-channel normalisation mean (default: the model's pretrained one)")
+    add("--std", type=comma_floats, default=None,
+        help="per-channel normalisation std (default: the model's pretrained one)")
     add("--no-augment", dest="augment", action="store_false")
     add("--augment-options", type=json.loads, default={}, help="AugmentConfig fields as JSON")
     add("--cutmix", type=float, default=0.5, help="probability of lesion-box CutMix")
-    if kind == "cla":
-        add("--p-block", type=float, default=0.05)
-        add("--sd-max", type=float, default=0.6)
-        add("--p-head", type=float, default=0.5)
-        add("--label-smoothing", type=float, default=0.2)
-        add("--oversample", action="store_true", help="WeightedRandomSampler over classes")
-        add("--class-weights", type=_floats, default=None,
-            help="relative draw rates per class for --oversample, e.g. 1,1,10,5,5,2 (default: equal)")
-        add("--weighted-loss", action="store_true", help="inverse-frequency class weights in the loss")
-        add("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
-    else:
-        add("--p-layer", type=float, default=0.03)
-        add("--p-head", type=float, default=0.5)
-        add("--label-smoothing", type=float, default=0.1)
-        add("--task-weights", type=_floats, default=None, help="per-task loss weights (default 1.2,1.5,1,1)")
-        add("--f1-weight", type=float, default=0.5, help="weight of the soft-F1 loss")
+    task.add_arguments(parser)
     return parser
-
-
-def model_spec(args: argparse.Namespace, kind: str, labels: Sequence[str]) -> tuple[str, dict]:
-    """(factory name, kwargs): ConvNeXt / DenseNet names get our models, other names are timm baselines."""
-    if kind == "cla" and args.model.startswith("convnext"):
-        kwargs = {"backbone": args.model, "num_classes": len(labels), "p_block": args.p_block,
-                  "sd_max": args.sd_max, "p_head": args.p_head}
-        return "my_convnext", {**kwargs, **args.model_kwargs}
-    if kind == "cla":
-        return args.model, {"num_classes": len(labels), **args.model_kwargs}
-    if not args.model.startswith("densenet"):
-        raise SystemExit(f"train_binary: --model must be a DenseNet (densenet121, ...), got {args.model!r}")
-    kwargs = {"backbone": args.model, "tasks": list(labels), "p_layer": args.p_layer, "p_head": args.p_head}
-    return "my_densenet", {**kwargs, **args.model_kwargs}
 
 
 def split_samples(samples: list[Sample], args: argparse.Namespace) -> tuple[list[Sample], list[Sample]]:
@@ -146,14 +110,6 @@ def _preprocess(args: argparse.Namespace, model: torch.nn.Module) -> Preprocess:
     return Preprocess(img_size=args.img_size, mean=mean, std=std, cut_black=cut, clahe=args.clahe)
 
 
-def _criterion(args: argparse.Namespace, kind: str, train: list[Sample], labels: Sequence[str]) -> torch.nn.Module:
-    if kind == "fea":
-        weights = args.task_weights or ((1.2, 1.5, 1.0, 1.0) if len(labels) == 4 else (1.0,) * len(labels))
-        return MultiTaskLoss(task_weights=weights, label_smoothing=args.label_smoothing, f1_weight=args.f1_weight)
-    class_weights = inverse_frequency_weights([s.label for s in train], len(labels)) if args.weighted_loss else None
-    return ClassificationLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
-
-
 def _build_model(args: argparse.Namespace, name: str, kwargs: dict) -> torch.nn.Module:
     try:
         model = create_model(name, pretrained=args.pretrained, **kwargs)
@@ -164,11 +120,6 @@ def _build_model(args: argparse.Namespace, name: str, kwargs: dict) -> torch.nn.
         if is_main_process():
             print(f"init weights: {report.summary()}", flush=True)
     return model
-
-
-def labelled_samples(scan_samples: Sequence[Sample]) -> list[Sample]:
-    """Samples with a class or at least one known feature value."""
-    return [s for s in scan_samples if s.label is not None or any(v is not None for v in s.features.values())]
 
 
 def cache_images(datasets: Sequence[LesionDataset], data_root: Path) -> None:
@@ -194,15 +145,15 @@ def cache_images(datasets: Sequence[LesionDataset], data_root: Path) -> None:
 class Setup:
     """Everything a training run is built from; `prepare` makes it, `run` hands it to the engine."""
 
-    labels: list[str]
+    task: Task
     train_samples: list[Sample]
     val_samples: list[Sample]
     train_data: LesionDataset
     val_data: LesionDataset
-    task: ClassificationTask | FeatureTask
     model: torch.nn.Module
-    sampler: OversamplingSampler | None
-    batch_transform: Mixup | None
+    criterion: torch.nn.Module
+    sampler: Sampler | None
+    batch_transform: BatchTransform | None
     engine_config: EngineConfig
     checkpoint_config: CheckpointConfig
 
@@ -223,66 +174,70 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
     )
 
 
-def prepare(args: argparse.Namespace, kind: str, rank: int = 0, world_size: int = 1) -> Setup:
-    """Data, split, datasets, loss, model and configs for `kind` as the parsed arguments say."""
+def load_task_data(args: argparse.Namespace, name: str) -> tuple[Task, list[Sample]]:
+    """The task registered as `name`, bound to the dataset's labels, and the labelled training samples."""
     try:
-        scan, dataset_config = load_split(args.data, "train", kind)
+        scan, labels = task_class(name).load(args.data, "train")
     except NotADataset as exc:
         raise SystemExit(str(exc)) from None
-    labels = list(dataset_config.classes if kind == "cla" else dataset_config.tasks)
-    samples = labelled_samples(scan.samples)
-    if not samples:
-        raise SystemExit(f"{args.data}: no labelled {kind} images found")
+    if not scan.samples:
+        raise SystemExit(f"{args.data}: no labelled {name} images found")
     if scan.problems and is_main_process():
         print(f"{len(scan.problems)} dataset problem(s); run `python -m project.doctor {args.data}`. First:",
               *scan.problems[:5], sep="\n  ", file=sys.stderr)
+    return task_class(name)(labels), scan.samples
+
+
+def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int = 1) -> Setup:
+    """Data, split, datasets, loss, model and configs for the task `name` as the parsed arguments say."""
+    task, samples = load_task_data(args, name)
     train_samples, val_samples = split_samples(samples, args)
-    name, kwargs = model_spec(args, kind, labels)
-    model = _build_model(args, name, kwargs)
+    model_name, kwargs = task.model_spec(args)
+    model = _build_model(args, model_name, kwargs)
     preprocess = _preprocess(args, model)
     augment = AugmentConfig(**args.augment_options) if args.augment else None
-    criterion = _criterion(args, kind, train_samples, labels)
-    sampler, batch_transform = None, None
-    if kind == "cla" and args.oversample:
-        weights = class_draw_weights([s.label for s in train_samples], len(labels), args.class_weights)
-        sampler = OversamplingSampler(weights, seed=args.seed, rank=rank, world_size=world_size)
-    if kind == "cla" and args.mixup > 0:
-        batch_transform = Mixup(mixup_alpha=args.mixup, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(labels))
-    train_data = LesionDataset(train_samples, preprocess, kind, augment, CutMixConfig(p=args.cutmix), seed=args.seed)
-    val_data = LesionDataset(val_samples, preprocess, kind)
+    train_data = LesionDataset(train_samples, preprocess, task, augment, CutMixConfig(p=args.cutmix), seed=args.seed)
+    val_data = LesionDataset(val_samples, preprocess, task)
     if args.cache == "ram":
         cache_images([train_data, val_data], args.data)
     return Setup(
-        labels=labels,
+        task=task,
         train_samples=train_samples,
         val_samples=val_samples,
         train_data=train_data,
         val_data=val_data,
-        task=ClassificationTask(labels, criterion) if kind == "cla" else FeatureTask(labels, criterion),
         model=model,
-        sampler=sampler,
-        batch_transform=batch_transform,
+        criterion=task.loss(args, train_samples),
+        sampler=task.train_sampler(args, train_samples, rank, world_size),
+        batch_transform=task.batch_transform(args),
         engine_config=_engine_config(args),
         checkpoint_config=CheckpointConfig(
-            task=kind, model_name=name, model_kwargs=kwargs, labels=labels, preprocess=preprocess.to_dict()
+            task=task.name, model_name=model_name, model_kwargs=kwargs, labels=task.labels,
+            preprocess=preprocess.to_dict(),
         ),
     )
 
 
-def run(argv: Sequence[str] | None, kind: str) -> dict[str, float]:
-    """Train one model as the command line says; returns the best epoch's metrics."""
-    args = parse_with_config(build_parser(kind), argv)
+def run(argv: Sequence[str] | None, name: str) -> dict[str, float]:
+    """Train a model for the task registered as `name` as the command line says; returns the best epoch's metrics.
+
+    The run folder gets args.yaml first and, once the data is split, val.csv: the validation samples.
+    """
+    args = parse_with_config(build_parser(name), argv)
     rank, world_size = init_distributed()
     if is_main_process():
         args.out.mkdir(parents=True, exist_ok=True)
-        save_args(args, args.out / "args.yaml")
-    setup = prepare(args, kind, rank, world_size)
+        save_args(args, args.out / ARGS_FILE)
+    setup = prepare(args, name, rank, world_size)
     if is_main_process():
-        print(f"{kind}: {len(setup.train_samples)} train / {len(setup.val_samples)} validation images, "
-              f"labels {setup.labels}, model {setup.checkpoint_config.model_name} "
+        write_validation_split(args.out / VALIDATION_FILE, setup.val_samples, setup.task, args.data)
+        print(f"{name}: {len(setup.train_samples)} train / {len(setup.val_samples)} validation images, "
+              f"labels {setup.task.labels}, model {setup.checkpoint_config.model_name} "
               f"{setup.checkpoint_config.model_kwargs}, {setup.engine_config.workers} DataLoader workers", flush=True)
-    trainer = Trainer(setup.model, setup.task, setup.train_data, setup.val_data, args.out, setup.engine_config,
-                      setup.checkpoint_config, train_sampler=setup.sampler, batch_transform=setup.batch_transform)
+    evaluate = partial(setup.task.evaluate, samples=setup.val_samples)
+    trainer = Trainer(setup.model, setup.criterion, evaluate, setup.train_data, setup.val_data, args.out,
+                      setup.engine_config, setup.checkpoint_config, train_sampler=setup.sampler,
+                      batch_transform=setup.batch_transform)
     best = trainer.fit()
     if is_main_process() and best:
         print("best: " + " ".join(f"{k}={v:.4f}" for k, v in best.items()), flush=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from project.data.classes import BIRADS_CLASSES, FEATURE_TASKS
 from project.data.datasets import CutMixConfig, LesionDataset
 from project.data.layout import Sample
 from project.data.transforms import (
@@ -20,6 +21,9 @@ from project.data.transforms import (
     paste_box,
     yolo_to_xyxy,
 )
+from project.tasks import create_task
+
+CLA = create_task("cla", BIRADS_CLASSES)
 
 
 def _framed(rng: np.random.Generator) -> np.ndarray:
@@ -69,7 +73,7 @@ def test_box_cutmix_pastes_the_other_lesion_with_its_label(tmp_path: Path) -> No
         Sample(tmp_path / "b.png", label=1, box=(32 / 64, 48 / 64, 32 / 64, 32 / 64)),
     ]
     preprocess = Preprocess(img_size=64, mean=(0, 0, 0), std=(1, 1, 1), cut_black=None)
-    dataset = LesionDataset(samples, preprocess, "cla", cutmix=CutMixConfig(p=1.0))
+    dataset = LesionDataset(samples, preprocess, CLA, cutmix=CutMixConfig(p=1.0))
     pasted = {}
     for _ in range(20):  # the partner is drawn at random; collect the B <- A case
         image, label = dataset[1]
@@ -83,7 +87,7 @@ def test_box_cutmix_pastes_the_other_lesion_with_its_label(tmp_path: Path) -> No
 def test_feature_targets_keep_unknown_as_nan(tmp_path: Path) -> None:
     _write(tmp_path / "a.png", 100, (0, 8, 0, 8))
     sample = Sample(tmp_path / "a.png", features={"boundary": 1, "calcification": None, "direction": 0, "shape": 1})
-    _, target = LesionDataset([sample], Preprocess(img_size=32), "fea")[0]
+    _, target = LesionDataset([sample], Preprocess(img_size=32), create_task("fea", FEATURE_TASKS))[0]
     assert target[0] == 1 and torch.isnan(target[1]) and target[2] == 0 and target[3] == 1
 
 
@@ -104,7 +108,7 @@ def test_the_pasted_lesion_is_augmented_with_its_new_image(tmp_path: Path) -> No
     samples = [Sample(tmp_path / "a.png", label=4, box=box), Sample(tmp_path / "b.png", label=1, box=box)]
     preprocess = Preprocess(img_size=64, mean=(0, 0, 0), std=(1, 1, 1), cut_black=None)
     flip_only = AugmentConfig(hflip=1.0, affine=0, brightness_contrast=0, blur=0, coarse_dropout=0)
-    dataset = LesionDataset(samples, preprocess, "cla", flip_only, CutMixConfig(p=1.0))
+    dataset = LesionDataset(samples, preprocess, CLA, flip_only, CutMixConfig(p=1.0))
     for _ in range(20):  # the partner is drawn at random; collect the B <- A case
         image, label = dataset[1]
         if int(label) == 4:

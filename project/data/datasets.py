@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,24 +25,23 @@ from project.data.transforms import (
 )
 
 
-def class_target(sample: Sample) -> torch.Tensor:
-    return torch.tensor(sample.label, dtype=torch.long)
+class Targets(Protocol):
+    """What the dataset asks its task (project.tasks): a sample's target and how two targets mix."""
 
+    name: str
 
-def feature_target(sample: Sample) -> torch.Tensor:
-    """One float per task; NaN where the label is unknown."""
-    values = [np.nan if v is None else float(v) for v in sample.features.values()]
-    return torch.tensor(values, dtype=torch.float32)
+    def target(self, sample: Sample) -> torch.Tensor: ...
+
+    def mix(self, target: torch.Tensor, other: torch.Tensor, share: float) -> torch.Tensor: ...
 
 
 @dataclass
 class CutMixConfig:
     """Box CutMix: with probability `p` the lesion of another image replaces this image's lesion.
 
-    Where both images have a lesion box the pasted lesion brings its own label (classes and
-    features alike). Without boxes a random rectangle is pasted and, for features, the
-    label is the area-weighted mix of the two (NaN when either is unknown); a classification
-    sample keeps the label that covers most of the image.
+    Where both images have a lesion box the pasted lesion brings its own target. Without boxes a
+    random rectangle is pasted and the task mixes the two targets by the pasted share of the area
+    (features: the area-weighted mix; classes: the label that covers most of the image).
     """
 
     p: float = 0.0
@@ -49,7 +49,7 @@ class CutMixConfig:
 
 
 class LesionDataset(Dataset):
-    """Images of one split for either task; returns (CHW float tensor, target tensor).
+    """Images of one split for one task; returns (CHW float tensor, the task's target tensor).
 
     Every image is preprocessed (decode, CutBlack, CLAHE, resize), CutMixed, then augmented. The
     preprocessed images can be held in RAM (`cache_images`) so that each epoch only mixes and augments.
@@ -59,16 +59,14 @@ class LesionDataset(Dataset):
         self,
         samples: Sequence[Sample],
         preprocess: Preprocess,
-        kind: str,
+        task: Targets,
         augment: AugmentConfig | None = None,
         cutmix: CutMixConfig | None = None,
         seed: int = 0,
     ) -> None:
-        if kind not in ("cla", "fea"):
-            raise ValueError(f"kind must be 'cla' or 'fea', got {kind!r}")
         self.samples = list(samples)
         self.preprocess = preprocess
-        self.kind = kind
+        self.task = task
         self.preprocessor = Preprocessor(preprocess)
         self.augment = build_augment(augment) if augment else None
         self.cache: ImageCache | None = None
@@ -87,7 +85,7 @@ class LesionDataset(Dataset):
 
     def cache_images(self) -> ImageCache:
         """Preprocess every image once into RAM; call before the DataLoader workers start."""
-        desc = f"caching {len(self)} {self.kind} images at {self.preprocess.img_size} px"
+        desc = f"caching {len(self)} {self.task.name} images at {self.preprocess.img_size} px"
         self.cache = fill_cache(len(self), self.preprocess.img_size, self.preprocessed, desc)
         return self.cache
 
@@ -96,8 +94,7 @@ class LesionDataset(Dataset):
         return self.preprocessor(sample.path, sample.box)
 
     def target(self, index: int) -> torch.Tensor:
-        sample = self.samples[index]
-        return class_target(sample) if self.kind == "cla" else feature_target(sample)
+        return self.task.target(self.samples[index])
 
     def load(self, index: int) -> tuple[np.ndarray, XYXY | None]:
         """Preprocessed uint8 image with its lesion box (if any), from the cache once it is filled."""
@@ -122,10 +119,7 @@ class LesionDataset(Dataset):
             return paste_box(image, box, other_image, other_box), other_target
         region = random_box(rng, self.cutmix.random_area)
         mixed = paste_box(image, region, other_image, region)
-        share = box_area(region)
-        if self.kind == "cla":
-            return mixed, other_target if share > 0.5 else target
-        return mixed, (1 - share) * target + share * other_target
+        return mixed, self.task.mix(target, other_target, box_area(region))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         # CutMix before augmentation: the pasted lesion moves and changes with the image around it,

@@ -1,0 +1,142 @@
+"""The Task interface: everything that differs between tasks, the Evaluation it returns, and the registry by name."""
+
+from __future__ import annotations
+
+import argparse
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+
+from project.data.layout import Sample, Scan
+
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Evaluation:
+    """Validation result: `metrics['score']` selects the best epoch; `thresholds` go into the checkpoint."""
+
+    metrics: dict[str, float]
+    confusion: dict[str, np.ndarray] = field(default_factory=dict)
+    confusion_labels: dict[str, list[str]] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """One task over one label list: its data, model, targets, loss, judgement and submission file.
+
+    The trainer, the dataset, prediction and run.py ask the task; none of them knows which task it
+    is. Class attributes describe the trainer's command line; an instance is bound to the label list
+    its data (or its checkpoint) names. Probabilities always have one column per label.
+    """
+
+    name: ClassVar[str]  # registry key; also the `task` a checkpoint records
+    title: ClassVar[str]  # what the trainer trains, for --help
+    default_model: ClassVar[str]
+    default_lr: ClassVar[float]
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = list(labels)
+
+    # Data --------------------------------------------------------------------------------------
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The trainer's flags of this task, beside the shared ones (none by default)."""
+        return None
+
+    @classmethod
+    @abstractmethod
+    def load(cls, root: Path, split: str = "train") -> tuple[Scan, list[str]]:
+        """The labelled samples of one split of the dataset at `root` (with the problems found) and its labels."""
+
+    @abstractmethod
+    def label_columns(self, sample: Sample) -> dict[str, str]:
+        """A sample's truth as CSV columns (the run folder's val.csv)."""
+
+    @abstractmethod
+    def truth_from_columns(self, row: Mapping[str, str]) -> dict:
+        """Sample fields (`label`, `features`) read back from the columns `label_columns` wrote."""
+
+    # Training ----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def model_spec(self, args: argparse.Namespace) -> tuple[str, dict]:
+        """(factory name, kwargs) of the model the arguments ask for."""
+
+    @abstractmethod
+    def loss(self, args: argparse.Namespace, train: Sequence[Sample]) -> nn.Module:
+        """The training criterion: loss(logits, targets) with targets as `target` and `mix` make them."""
+
+    def train_sampler(
+        self, args: argparse.Namespace, train: Sequence[Sample], rank: int, world_size: int
+    ) -> Sampler | None:
+        """A sampler over the training samples; None: shuffled (or DistributedSampler)."""
+        return None
+
+    def batch_transform(self, args: argparse.Namespace) -> BatchTransform | None:
+        """A transform of each training batch on the device (e.g. mixup); None: none."""
+        return None
+
+    @abstractmethod
+    def target(self, sample: Sample) -> torch.Tensor:
+        """What the dataset yields as a sample's target."""
+
+    @abstractmethod
+    def mix(self, target: torch.Tensor, other: torch.Tensor, share: float) -> torch.Tensor:
+        """The target of an image that got a `share` of its area from another one (CutMix without boxes)."""
+
+    @abstractmethod
+    def evaluate(self, logits: torch.Tensor, targets: torch.Tensor, samples: Sequence[Sample]) -> Evaluation:
+        """Metrics (with 'score'), confusion matrices and tuned thresholds; `samples` in the order of `logits`."""
+
+    # Inference ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits [B, ...] to probabilities [B, len(labels)]."""
+
+    @abstractmethod
+    def decide(self, probs: np.ndarray, thresholds: Mapping[str, float]) -> np.ndarray:
+        """Probabilities [N, len(labels)] to the submitted values, with tuned thresholds by label."""
+
+    @abstractmethod
+    def write_submission(
+        self, out_dir: Path, names: Sequence[str], probs: np.ndarray, thresholds: Mapping[str, float], id_style: str
+    ) -> Path:
+        """Write the decisions for the images `names` into this task's submission file in `out_dir`; its path."""
+
+
+class UnknownTask(ValueError):
+    """A task name that no class registered."""
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make `cls` available by its `name` (a name belongs to one class)."""
+    registered = TASKS.get(cls.name)
+    if registered is not None and registered is not cls:
+        raise ValueError(f"task {cls.name!r} is already registered by {registered.__qualname__}")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def task_class(name: str) -> type[Task]:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UnknownTask(f"unknown task {name!r}; registered: {', '.join(sorted(TASKS))}") from None
+
+
+def create_task(name: str, labels: Sequence[str]) -> Task:
+    """The task registered as `name`, bound to `labels`."""
+    return task_class(name)(labels)

@@ -1,0 +1,116 @@
+"""The BI-RADS classifier's task ('cla'): one class per image, the challenge's cla score, cla_pre.csv."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from torch import nn
+
+from project.config import comma_floats
+from project.data.layout import Sample, Scan, load_split
+from project.data.samplers import OversamplingSampler, class_draw_weights
+from project.data.submission import CLA_FILE, write_cla_csv
+from project.losses import ClassificationLoss, inverse_frequency_weights
+from project.metrics import classification_report
+from project.tasks.base import BatchTransform, Evaluation, Task, register_task
+
+
+@register_task
+class ClassificationTask(Task):
+    """Single-label classification over the dataset's class list; judged by the challenge's cla score."""
+
+    name = "cla"
+    title = "BI-RADS classifier (MyConvNeXt)"
+    default_model = "convnext_tiny"
+    default_lr = 4e-4
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        add = parser.add_argument
+        add("--p-block", type=float, default=0.05)
+        add("--sd-max", type=float, default=0.6)
+        add("--p-head", type=float, default=0.5)
+        add("--label-smoothing", type=float, default=0.2)
+        add("--oversample", action="store_true", help="WeightedRandomSampler over classes")
+        add("--class-weights", type=comma_floats, default=None,
+            help="relative draw rates per class for --oversample, e.g. 1,1,10,5,5,2 (default: equal)")
+        add("--weighted-loss", action="store_true", help="inverse-frequency class weights in the loss")
+        add("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
+
+    @classmethod
+    def load(cls, root: Path, split: str = "train") -> tuple[Scan, list[str]]:
+        scan, config = load_split(root, split, "cla")
+        labelled = [s for s in scan.samples if s.label is not None]
+        return Scan(labelled, scan.problems), list(config.classes)
+
+    def label_columns(self, sample: Sample) -> dict[str, str]:
+        return {"label": self.labels[sample.label]}
+
+    def truth_from_columns(self, row: Mapping[str, str]) -> dict:
+        if row["label"] not in self.labels:
+            raise ValueError(f"class {row['label']!r} is not one of {self.labels}")
+        return {"label": self.labels.index(row["label"])}
+
+    def model_spec(self, args: argparse.Namespace) -> tuple[str, dict]:
+        """ConvNeXt names get MyConvNeXt; any other name is a timm baseline."""
+        if args.model.startswith("convnext"):
+            kwargs = {"backbone": args.model, "num_classes": len(self.labels), "p_block": args.p_block,
+                      "sd_max": args.sd_max, "p_head": args.p_head}
+            return "my_convnext", {**kwargs, **args.model_kwargs}
+        return args.model, {"num_classes": len(self.labels), **args.model_kwargs}
+
+    def loss(self, args: argparse.Namespace, train: Sequence[Sample]) -> nn.Module:
+        labels = [s.label for s in train]
+        class_weights = inverse_frequency_weights(labels, len(self.labels)) if args.weighted_loss else None
+        return ClassificationLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
+
+    def train_sampler(
+        self, args: argparse.Namespace, train: Sequence[Sample], rank: int, world_size: int
+    ) -> OversamplingSampler | None:
+        if not args.oversample:
+            return None
+        weights = class_draw_weights([s.label for s in train], len(self.labels), args.class_weights)
+        return OversamplingSampler(weights, seed=args.seed, rank=rank, world_size=world_size)
+
+    def batch_transform(self, args: argparse.Namespace) -> BatchTransform | None:
+        if args.mixup <= 0:
+            return None
+        return Mixup(mixup_alpha=args.mixup, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(self.labels))
+
+    def target(self, sample: Sample) -> torch.Tensor:
+        return torch.tensor(sample.label, dtype=torch.long)
+
+    def mix(self, target: torch.Tensor, other: torch.Tensor, share: float) -> torch.Tensor:
+        """The label that covers most of the image."""
+        return other if share > 0.5 else target
+
+    def evaluate(self, logits: torch.Tensor, targets: torch.Tensor, samples: Sequence[Sample]) -> Evaluation:
+        y_true = targets.numpy()
+        y_pred = logits.argmax(dim=1).numpy()
+        report = classification_report(y_true, y_pred, self.labels)
+        metrics = {"score": report["score"], "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+                   "kappa": report["kappa"] if report["kappa"] is not None else 0.0}
+        return Evaluation(
+            metrics=metrics,
+            confusion={"BI-RADS": np.asarray(report["confusion_matrix"])},
+            confusion_labels={"BI-RADS": self.labels},
+        )
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float(), dim=-1)
+
+    def decide(self, probs: np.ndarray, thresholds: Mapping[str, float]) -> np.ndarray:
+        """The most probable class."""
+        return probs.argmax(axis=1)
+
+    def write_submission(
+        self, out_dir: Path, names: Sequence[str], probs: np.ndarray, thresholds: Mapping[str, float], id_style: str
+    ) -> Path:
+        path = Path(out_dir) / CLA_FILE
+        write_cla_csv(path, dict(zip(names, self.decide(probs, thresholds).tolist())), id_style=id_style)
+        return path
