@@ -54,9 +54,9 @@ def _collect(root: Path, config: DatasetConfig, report: Report) -> dict[str, lis
         split_dir = root / split
         if not split_dir.is_dir():
             continue
-        cla = scan_classification(split_dir, config.classes)
+        cla = scan_classification(split_dir, config.classes, config.coarse_labels)
         fea = scan_features(split_dir, config.tasks)
-        report.class_counts[split] = Counter(config.classes[s.label] for s in cla.samples)
+        report.class_counts[split] = Counter(config.class_name(s) for s in cla.samples)
         report.feature_counts[split] = _feature_counts(fea.samples, config.tasks)
         report.problems += cla.problems + fea.problems
         images[f"{split}/cla"] = [s.path for s in cla.samples]
@@ -133,7 +133,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def render(report: Report, config: DatasetConfig) -> str:
     parts = []
     for split, counts in report.class_counts.items():
-        rows = [(cls, counts.get(cls, 0)) for cls in config.classes]
+        rows = [(cls, counts.get(cls, 0)) for cls in (*config.classes, *config.coarse_labels)]
         parts.append(f"[{split}] classification\n" + _table(("BI-RADS", "images"), rows))
     for split, per_task in report.feature_counts.items():
         rows = [(t, c.get("0", 0), c.get("1", 0), c.get("unknown", 0)) for t, c in per_task.items()]

@@ -1,4 +1,4 @@
-"""Training losses: label-smoothed weighted cross-entropy, soft-F1 and the masked multi-task loss."""
+"""Training losses: label-smoothed weighted cross-entropy, soft-F1, the masked multi-task loss, partial labels."""
 
 from __future__ import annotations
 
@@ -161,3 +161,49 @@ class ClassificationLoss(nn.Module):
             weight=self.class_weights,
             label_smoothing=self.label_smoothing,
         )
+
+
+def allowed_mask(allowed: Sequence[Sequence[int]], num_classes: int) -> torch.Tensor:
+    """[B, K] bool mask from each sample's allowed class indices (a fine label allows one class)."""
+    mask = torch.zeros(len(allowed), num_classes, dtype=torch.bool)
+    for row, classes in enumerate(allowed):
+        mask[row, list(classes)] = True
+    return mask
+
+
+class PartialLabelLoss(nn.Module):
+    """Partial-label likelihood: a coarse label scores the summed probability of the classes it allows.
+
+    logits [B, K]; allowed [B, K] bool, each row allowing at least one class. With p = softmax(z)
+    and P_A = sum_{k in A} p_k, the loss of a sample is
+
+        (1 - eps) * w_A * (-log P_A) + eps * mean_k w_k (-log p_k),
+
+    w_A the mean class weight over A (all weights 1 without class_weights), averaged over the
+    batch. For a one-class A = {y} this is label-smoothed, weighted cross-entropy
+    (ClassificationLoss, torch's cross_entropy with class-probability targets). The first term
+    depends on P_A alone: d(-log P_A)/dp_i = -1 / P_A for every allowed i, so it never prefers one
+    allowed class to another; through the softmax, d(-log P_A)/dz_i = p_i - p_i / P_A inside A and
+    p_i outside. The smoothing term, as in cross-entropy, pulls every class towards uniform.
+    """
+
+    def __init__(self, class_weights: Sequence[float] | torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        weights = None if class_weights is None else torch.as_tensor(class_weights).float()
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        if allowed.shape != logits.shape or allowed.dtype != torch.bool or logits.dim() != 2:
+            raise ValueError(f"expected logits [B, K] and a bool mask of the same shape, got "
+                             f"{tuple(logits.shape)} and {tuple(allowed.shape)} {allowed.dtype}")
+        if not bool(allowed.any(dim=1).all()):
+            raise ValueError("every sample must allow at least one class")
+        log_probs = logits.float().log_softmax(dim=1)
+        nll = -log_probs.masked_fill(~allowed, float("-inf")).logsumexp(dim=1)
+        weights = torch.ones_like(log_probs[0]) if self.class_weights is None else self.class_weights
+        set_weight = (allowed * weights).sum(dim=1) / allowed.sum(dim=1)
+        smoothing = -(log_probs * weights).mean(dim=1)
+        return ((1 - self.label_smoothing) * set_weight * nll + self.label_smoothing * smoothing).mean()

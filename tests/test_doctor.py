@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import write_image, write_label
 
 from project.doctor import main
 
@@ -53,3 +55,13 @@ def test_one_image_labelled_for_both_tasks_is_clean(tiny_dataset: Path, capsys: 
 def test_not_a_dataset_exits_two(tmp_path: Path) -> None:
     assert main([str(tmp_path)]) == 2
     assert main([str(tmp_path / "absent")]) == 2
+
+
+def test_coarse_label_folder_is_counted(tiny_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tiny_dataset / "train" / "cla" / "4类"
+    write_image(folder / "images" / "30.jpg", 30)
+    write_label(folder / "labels" / "30.txt", "3 0.5 0.5 0.2 0.3")
+    (tiny_dataset / "dataset.yaml").write_text("coarse_labels: {'4': [4A, 4B, 4C]}\n")
+    assert main([str(tiny_dataset)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^4A\s+1\s*$", out, re.M) and re.search(r"^4\s+1\s*$", out, re.M)

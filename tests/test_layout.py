@@ -106,3 +106,47 @@ def test_list_images_numeric_order(tmp_path: Path) -> None:
     for name in ("10.jpg", "2.png", "1.jpg", "b.jpg", "a.jpg", "notes.txt", ".hidden.jpg"):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in list_images(tmp_path)] == ["1.jpg", "2.png", "10.jpg", "a.jpg", "b.jpg"]
+
+
+def _coarse_dataset(root: Path, yaml_text: str) -> None:
+    """tiny_dataset plus a BI-RADS 4 folder (4类) whose labels carry the coarse dataset's own ids."""
+    cla = root / "train" / "cla"
+    for stem in ("20", "21"):
+        write_image(cla / "4类" / "images" / f"{stem}.jpg", int(stem))
+        write_label(cla / "4类" / "labels" / f"{stem}.txt", "3 0.4 0.6 0.2 0.1")
+    (root / "dataset.yaml").write_text(yaml_text)
+
+
+def test_coarse_labels_give_the_allowed_classes(tiny_dataset: Path) -> None:
+    _coarse_dataset(tiny_dataset, "coarse_labels:\n  '4': [4A, 4B, 4C]\n")
+    scan, config = load_split(tiny_dataset, "train", "cla")
+    assert scan.problems == []
+    assert config.coarse_labels == {"4": ("4A", "4B", "4C")}
+    by_name = {s.path.name: s for s in scan.samples}
+    assert (by_name["20.jpg"].label, by_name["20.jpg"].allowed) == (None, (2, 3, 4))
+    assert by_name["20.jpg"].box == (0.4, 0.6, 0.2, 0.1)
+    assert (by_name["3.jpg"].label, by_name["3.jpg"].allowed) == (2, None)
+    assert [config.class_name(by_name[n]) for n in ("1.jpg", "3.jpg", "21.jpg")] == ["2", "4A", "4"]
+
+
+def test_a_folder_without_coarse_labels_is_still_unknown(tiny_dataset: Path) -> None:
+    _coarse_dataset(tiny_dataset, "classes: ['2', '3', '4A', '4B', '4C', '5']\n")
+    scan, _ = load_split(tiny_dataset, "train", "cla")
+    assert [(p.path.name, p.kind) for p in scan.problems] == [("4类", "unknown class folder")]
+    assert all(s.allowed is None for s in scan.samples)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("coarse_labels: ['4A', '4B']\n", "must map a folder name"),
+        ("coarse_labels: {'4': []}\n", "must list the classes it allows"),
+        ("coarse_labels: {'4': [4A, 4D]}\n", r"allows \['4D'\], not among the classes"),
+        ("coarse_labels: {'4a': [4A, 4B]}\n", "names a class of"),
+    ],
+)
+def test_bad_coarse_labels_name_the_file(tiny_dataset: Path, yaml_text: str, message: str) -> None:
+    _coarse_dataset(tiny_dataset, yaml_text)
+    with pytest.raises(ValueError, match=message) as info:
+        load_split(tiny_dataset, "train", "cla")
+    assert "dataset.yaml" in str(info.value)

@@ -1,4 +1,4 @@
-"""Losses: soft-F1 against scikit-learn, masking of unknown labels, soft targets, class weights."""
+"""Losses: soft-F1 against scikit-learn, masking of unknown labels, soft targets, class weights, partial labels."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from sklearn.metrics import f1_score
 from project.losses import (
     ClassificationLoss,
     MultiTaskLoss,
+    PartialLabelLoss,
     SoftF1Loss,
+    allowed_mask,
     inverse_frequency_weights,
     soft_f1_loss,
 )
@@ -182,3 +184,84 @@ def test_classification_loss_with_weights_and_mixed_targets() -> None:
     mixed = 0.6 * F.one_hot(first, 3).float() + 0.4 * F.one_hot(second, 3).float()
     expected_mixed = 0.6 * loss_fn(logits, first) + 0.4 * loss_fn(logits, second)
     torch.testing.assert_close(loss_fn(logits, mixed), expected_mixed)
+
+
+COARSE = [(0,), (2, 3, 4), (5,), (2, 3, 4), (1,), (0, 1, 2, 3, 4, 5), (3, 4)]
+
+
+def _logits(seed: int = 0) -> torch.Tensor:
+    return torch.randn(len(COARSE), 6, generator=torch.Generator().manual_seed(seed)) * 2
+
+
+def test_allowed_mask_marks_the_allowed_classes() -> None:
+    mask = allowed_mask([(1,), (0, 2)], 3)
+    assert mask.tolist() == [[False, True, False], [True, False, True]]
+
+
+def test_partial_label_loss_is_cross_entropy_for_one_class_sets() -> None:
+    logits, targets = _logits(), torch.tensor([0, 2, 5, 3, 1, 4, 4])
+    mask = allowed_mask([(int(t),) for t in targets], 6)
+    torch.testing.assert_close(PartialLabelLoss()(logits, mask), F.cross_entropy(logits, targets))
+    weights = torch.tensor([0.5, 1.0, 2.0, 1.5, 1.0, 3.0])
+    expected = ClassificationLoss(weights, label_smoothing=0.2)(logits, targets)
+    torch.testing.assert_close(PartialLabelLoss(weights, label_smoothing=0.2)(logits, mask), expected)
+
+
+def test_partial_label_loss_is_minus_log_of_the_allowed_probability() -> None:
+    logits, mask = _logits(1), allowed_mask(COARSE, 6)
+    probs = logits.softmax(dim=1)
+    expected = -torch.log((probs * mask).sum(dim=1)).mean()
+    torch.testing.assert_close(PartialLabelLoss()(logits, mask), expected)
+    everything = torch.ones(2, 6, dtype=torch.bool)
+    assert float(PartialLabelLoss()(logits[:2], everything)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_partial_label_gradient_matches_its_closed_form() -> None:
+    # d(-log P_A)/dz_i = p_i - [i in A] p_i / P_A: inside A proportional to p_i, outside p_i.
+    logits, mask = _logits(2).requires_grad_(), allowed_mask(COARSE, 6)
+    PartialLabelLoss()(logits, mask).backward()
+    probs = logits.detach().softmax(dim=1)
+    in_set = (probs * mask).sum(dim=1, keepdim=True)
+    expected = (probs - mask * probs / in_set) / len(COARSE)
+    torch.testing.assert_close(logits.grad, expected)
+
+
+def test_partial_label_loss_prefers_no_class_inside_the_allowed_set() -> None:
+    # Seen from the probabilities, every allowed class gets the same gradient -1/P_A (+1 from the
+    # softmax normaliser, which is the same for all K), so moving mass between allowed classes is free.
+    probs = _logits(3).softmax(dim=1).requires_grad_()
+    mask = allowed_mask(COARSE, 6)
+    PartialLabelLoss()(probs.log(), mask).backward()
+    in_set = (probs.detach() * mask).sum(dim=1, keepdim=True)
+    expected = torch.where(mask, 1 - 1 / in_set, torch.ones_like(in_set)) / len(COARSE)
+    torch.testing.assert_close(probs.grad, expected)
+
+
+def test_moving_probability_inside_the_set_changes_neither_loss_nor_first_order_loss() -> None:
+    logits, mask = _logits(4), allowed_mask(COARSE, 6)
+    loss = PartialLabelLoss()
+    # Exchanging the logits of two allowed classes keeps P_A, hence the loss.
+    swapped = logits.clone()
+    swapped[1, [2, 4]] = logits[1, [4, 2]]
+    swapped[6, [3, 4]] = logits[6, [4, 3]]
+    torch.testing.assert_close(loss(swapped, mask), loss(logits, mask))
+    # The logit direction that moves probability from class 4 to class 2 of sample 1 (d_i = 1/p_i,
+    # d_j = -1/p_j, so dp_2 = -dp_4 and P_A stays) is orthogonal to the gradient.
+    probs = logits.softmax(dim=1)
+    direction = torch.zeros_like(logits)
+    direction[1, 2], direction[1, 4] = 1 / probs[1, 2], -1 / probs[1, 4]
+    logits.requires_grad_()
+    loss(logits, mask).backward()
+    assert float((logits.grad * direction).sum()) == pytest.approx(0.0, abs=1e-6)
+    # A uniform soft target over the set would push that direction (towards equal 4A/4B/4C).
+    soft = mask.float() / mask.sum(dim=1, keepdim=True)
+    uniform_grad = torch.autograd.grad(F.cross_entropy(logits, soft), logits)[0]
+    assert abs(float((uniform_grad * direction).sum())) > 1e-3
+
+
+def test_partial_label_loss_rejects_bad_masks() -> None:
+    logits = _logits()
+    with pytest.raises(ValueError, match="at least one class"):
+        PartialLabelLoss()(logits, torch.zeros_like(logits, dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool mask"):
+        PartialLabelLoss()(logits, torch.ones_like(logits))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from project.data.classes import (
     FEATURE_TASKS,
     UnknownClassFolder,
     match_class_folder,
+    normalise_class_name,
 )
 from project.fileio import numeric_order_key
 
@@ -35,6 +36,8 @@ class Sample:
     group: str | None = None
     fold: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    allowed: tuple[int, ...] | None = None
+    """A coarse label (dataset.yaml `coarse_labels`): the class indices it allows; `label` is then None."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,9 @@ class DatasetConfig:
 
     `metadata` names a CSV (relative to the root) with an `image` column holding file
     names; `group_column` and `fold_column` name its patient and official-fold columns,
-    and every other column is kept in `Sample.extra`.
+    and every other column is kept in `Sample.extra`. `coarse_labels` maps a class-folder
+    name that is not one of `classes` to the classes it allows, e.g. `{"4": ["4A", "4B", "4C"]}`
+    where one dataset says "BI-RADS 4" and another 4A, 4B or 4C.
     """
 
     classes: tuple[str, ...] = BIRADS_CLASSES
@@ -69,6 +74,17 @@ class DatasetConfig:
     metadata: str | None = None
     group_column: str | None = None
     fold_column: str | None = None
+    coarse_labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def allowed_indices(self, coarse: str) -> tuple[int, ...]:
+        """Indices in `classes` of the classes a coarse label allows."""
+        return tuple(self.classes.index(c) for c in self.coarse_labels[coarse])
+
+    def class_name(self, sample: Sample) -> str:
+        """The class or coarse label a classification sample carries."""
+        if sample.label is not None:
+            return self.classes[sample.label]
+        return next(name for name in self.coarse_labels if self.allowed_indices(name) == sample.allowed)
 
 
 class LabelError(ValueError):
@@ -90,7 +106,29 @@ def load_config(root: Path) -> DatasetConfig:
     for key in ("classes", "tasks"):
         if key in raw:
             raw[key] = tuple(str(v) for v in raw[key])
-    return DatasetConfig(**raw)
+    coarse = raw.pop("coarse_labels", None) or {}
+    config = DatasetConfig(**raw)
+    config.coarse_labels = _coarse_labels(coarse, config.classes, path)
+    return config
+
+
+def _coarse_labels(raw: object, classes: Sequence[str], path: Path) -> dict[str, tuple[str, ...]]:
+    """`coarse_labels` checked: a mapping from a name that is no class to a non-empty list of classes."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path}: coarse_labels must map a folder name to a list of classes, got {raw!r}")
+    coarse = {}
+    for name, members in raw.items():
+        name = str(name)
+        if not isinstance(members, list | tuple) or not members:
+            raise ValueError(f"{path}: coarse label {name!r} must list the classes it allows, got {members!r}")
+        members = tuple(str(m) for m in members)
+        unknown = [m for m in members if m not in classes]
+        if unknown:
+            raise ValueError(f"{path}: coarse label {name!r} allows {unknown}, not among the classes {list(classes)}")
+        if any(normalise_class_name(name) == normalise_class_name(c) for c in classes):
+            raise ValueError(f"{path}: coarse label {name!r} names a class of {list(classes)}")
+        coarse[name] = members
+    return coarse
 
 
 def is_image_name(path: Path) -> bool:
@@ -159,22 +197,47 @@ def _images(folder: Path) -> list[Path]:
     return list_images(folder) if folder.is_dir() else []
 
 
-def scan_classification(split_dir: Path, classes: Sequence[str] = BIRADS_CLASSES) -> Scan:
-    """Read `split_dir/cla/<class folder>/images|labels`; the folder is the ground truth."""
+def match_folder(
+    folder_name: str, classes: Sequence[str], coarse_labels: Mapping[str, Sequence[str]] | None = None
+) -> tuple[int | None, tuple[int, ...] | None]:
+    """(class index, None) for a class folder, (None, allowed class indices) for a coarse one."""
+    try:
+        return match_class_folder(folder_name, classes), None
+    except UnknownClassFolder:
+        if not coarse_labels:
+            raise
+    try:
+        name = list(coarse_labels)[match_class_folder(folder_name, list(coarse_labels))]
+    except UnknownClassFolder:
+        raise UnknownClassFolder(
+            f"class folder {folder_name!r} names none of the classes {list(classes)} "
+            f"nor the coarse labels {list(coarse_labels)}"
+        ) from None
+    return None, tuple(classes.index(c) for c in coarse_labels[name])
+
+
+def scan_classification(
+    split_dir: Path, classes: Sequence[str] = BIRADS_CLASSES, coarse_labels: Mapping[str, Sequence[str]] | None = None
+) -> Scan:
+    """Read `split_dir/cla/<class folder>/images|labels`; the folder is the ground truth.
+
+    A folder named by a coarse label gives samples with `label` None and `allowed` set; the class
+    id in its label files is not checked (the coarse label has none), the box is read.
+    """
     scan = Scan()
     cla_dir = Path(split_dir) / "cla"
     if not cla_dir.is_dir():
         return scan
     for folder in sorted(p for p in cla_dir.iterdir() if p.is_dir()):
         try:
-            label = match_class_folder(folder.name, classes)
+            label, allowed = match_folder(folder.name, classes, coarse_labels)
         except UnknownClassFolder as exc:
             scan.problems.append(Problem(folder, "unknown class folder", str(exc)))
             continue
         images = _images(folder / "images")
         label_files = _label_files(folder / "labels", {p.stem for p in images}, scan)
         for image in images:
-            sample = Sample(path=image, label=label)
+            sample = Sample(path=image, label=label, allowed=allowed)
             label_file = label_files.get(image.stem)
             if label_file is None:
                 scan.problems.append(Problem(image, "image without label", "no label file"))
@@ -199,12 +262,12 @@ def _take_box(sample: Sample, box: Box, label_file: Path, scan: Scan) -> None:
         scan.problems.append(problem)
 
 
-def _read_class_label(label_file: Path, label: int, sample: Sample, scan: Scan) -> None:
+def _read_class_label(label_file: Path, label: int | None, sample: Sample, scan: Scan) -> None:
     entries = _parse_reporting(label_file, scan)
     if entries is None:
         return
     ids = sorted({cls_id for cls_id, _ in entries})
-    if ids != [label + 1]:
+    if label is not None and ids != [label + 1]:
         scan.problems.append(
             Problem(label_file, "class disagrees with folder", f"label id(s) {ids}, folder says {label + 1}")
         )
@@ -279,7 +342,7 @@ def load_split(root: Path, split: str = "train", task: str = "cla") -> tuple[Sca
     config = load_config(root)
     split_dir = find_split(root, split)
     if task == "cla":
-        scan = scan_classification(split_dir, config.classes)
+        scan = scan_classification(split_dir, config.classes, config.coarse_labels)
     elif task == "fea":
         scan = scan_features(split_dir, config.tasks)
     else:
