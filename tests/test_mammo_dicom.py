@@ -19,9 +19,9 @@ from project.mammo.dicom import (
     pydicom_testdata_paths,
     read_dicom,
     read_dicom_display,
-    survey,
 )
 from project.mammo.phantom import encode_jpeg_lossless_sv1, generate, write_dicom
+from project.mammo.survey import survey
 
 DALI_OK, DALI_REASON = dali_status()
 needs_dali = pytest.mark.skipif(not DALI_OK, reason=f"DALI does not import here: {DALI_REASON}")

@@ -17,18 +17,15 @@ whose shape or dtype is not the one the header implies, is decoded by pydicom
 always equal pydicom's ``pixel_array``. Each :class:`DicomResult` says which backend
 decoded it (``dali-cpu``, ``dali-mixed`` or ``pydicom``) and why DALI was not used.
 
-``python -m project.mammo.dicom --survey`` decodes every pydicom test file (pydicom's own
-and the installed pydicom-data package; nothing is downloaded) and prints, per file, the
-backend and whether the pixels equal pydicom's.
+The reference corpus is pydicom's own test files and the installed pydicom-data package
+(:func:`pydicom_testdata_paths`); ``python -m project.mammo.survey`` decodes all of it and
+compares with pydicom.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import threading
-import time
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -551,7 +548,7 @@ class DicomReader:
             ref = self._pydicom_pixels(item)
         except Exception:
             return None
-        return None if _same(ref, pixels) else ref
+        return None if same_pixels(ref, pixels) else ref
 
     def read_one(self, path: str | os.PathLike) -> DicomResult:
         """Decode one file; raises :class:`DicomReadError` when no backend can."""
@@ -586,7 +583,8 @@ def _torch_peak(tensor: Any) -> int:
     return int(tensor.max())
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_pixels(a: Any, b: Any) -> bool:
+    """Whether decoded pixels `b` (array or torch tensor) equal the reference array `a`, dtype included."""
     if a is None or b is None:
         return False
     if not isinstance(b, np.ndarray):
@@ -648,7 +646,7 @@ def read_dicom_display(path: str | os.PathLike, *, backend: str = "pydicom", fra
     return np.rint(scaled * 255.0).astype(np.uint8)
 
 
-# --------------------------------------------------------------------------- survey
+# --------------------------------------------------------------------------- reference corpus
 
 
 def pydicom_testdata_paths(max_bytes: int | None = None) -> list[str]:
@@ -687,71 +685,3 @@ def pydicom_reference(path: str) -> tuple[np.ndarray | None, Any]:
             return ds.pixel_array, ds
     except Exception:
         return None, None
-
-
-@dataclass
-class SurveyRow:
-    path: str
-    syntax: str
-    backend: str
-    equal: bool
-    note: str
-
-
-def survey(paths: Sequence[str], reader: DicomReader | None = None) -> list[SurveyRow]:
-    """Decode each file that pydicom decodes with `reader` and compare with pixel_array."""
-    reader = reader or DicomReader("auto")
-    rows: list[SurveyRow] = []
-    for path in paths:
-        ref, ds = pydicom_reference(path)
-        if ref is None:
-            continue
-        (result,) = reader.read([path])
-        equal = result.ok and _same(ref, result.pixels)
-        rows.append(
-            SurveyRow(
-                path=path,
-                syntax=ds.file_meta.TransferSyntaxUID.name
-                if "TransferSyntaxUID" in getattr(ds, "file_meta", {})
-                else "?",
-                backend=result.backend or "error",
-                equal=bool(equal),
-                note=result.error or result.note,
-            )
-        )
-    return rows
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m project.mammo.dicom", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--survey", action="store_true", help="decode all pydicom test files")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--max-mb", type=float, default=None, help="skip larger files")
-    parser.add_argument("paths", nargs="*", help="DICOM files to decode instead of the survey")
-    args = parser.parse_args(argv)
-    reader = DicomReader(args.backend, verify=False)  # DALI's own pixels are compared
-    print(f"DALI: {dali_status()[1]}; DALI device: {reader.dali_device or 'none'}")
-    max_bytes = None if args.max_mb is None else int(args.max_mb * 1e6)
-    paths = args.paths or (pydicom_testdata_paths(max_bytes) if args.survey else [])
-    if not paths:
-        parser.error("give --survey or paths")
-    start = time.perf_counter()
-    rows = survey(paths, reader)
-    for row in rows:
-        mark = "equal" if row.equal else "DIFFERENT"
-        print(f"{os.path.basename(row.path):48s} {row.syntax[:40]:40s} {row.backend:10s} {mark:9s} {row.note}")
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.backend] = counts.get(row.backend, 0) + 1
-    n_equal = sum(row.equal for row in rows)
-    print(
-        f"\n{len(rows)} files that pydicom decodes (of {len(paths)} listed); "
-        f"{n_equal} equal to pixel_array; by backend: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        + f"; {time.perf_counter() - start:.1f} s"
-    )
-    return 0 if n_equal == len(rows) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -30,17 +30,18 @@ import json
 import os
 import sys
 import threading
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from project.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_text
-from project.mammo.dicom import DicomReadError
+from project.mammo.dicom import DicomReader, DicomReadError, DicomResult
 
 MANIFEST_COLUMNS = (
     "image",
@@ -57,6 +58,9 @@ MANIFEST_COLUMNS = (
     "png",
 )
 ERROR_COLUMNS = ("image", "patient", "path", "error")
+MANIFEST_FILE = "manifest.csv"
+ERRORS_FILE = "errors.csv"
+SETTINGS_FILE = "prepare.json"
 REQUIRED_COLUMNS = ("patient_id", "image_id")
 
 
@@ -159,6 +163,125 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
+def check_settings(out: Path, settings: Settings, overwrite: bool) -> None:
+    """Refuse to resume a folder prepared with other settings (unless `overwrite`); record these ones."""
+    path = out / SETTINGS_FILE
+    if path.exists() and not overwrite:
+        previous = json.loads(path.read_text())
+        if previous != settings.as_json():
+            raise ValueError(f"{out} was prepared with other settings ({previous}); use a new --out or --overwrite")
+    atomic_write_text(path, json.dumps(settings.as_json(), indent=1) + "\n")
+
+
+def plan(rows: Sequence[dict[str, str]], dicom_dir: Path, out: Path, done: Mapping[str, object]) -> list[Job]:
+    """A job for every row whose image is not done yet."""
+    jobs = []
+    for row in rows:
+        image, patient = _ids(row)
+        if image not in done:
+            rel = f"images/{patient}/{image}.png"
+            jobs.append(Job(row, dicom_dir / patient / f"{image}.dcm", out / rel, rel))
+    return jobs
+
+
+def _ids(row: Mapping[str, str]) -> tuple[str, str]:
+    """(image id, patient id) of a CSV row."""
+    return str(row["image_id"]).strip(), str(row["patient_id"]).strip()
+
+
+def manifest_entry(job: Job, backend: str, info: Any) -> dict[str, str]:
+    """The manifest row of a written image; `info` is the crop (project.mammo.roi.CropInfo)."""
+    image, patient = _ids(job.row)
+    x0, y0, x1, y1 = info.box
+    return {
+        "image": image,
+        "patient": patient,
+        "laterality": str(job.row.get("laterality", "") or ""),
+        "view": str(job.row.get("view", "") or ""),
+        "label": str(job.row.get("cancer", "") or ""),
+        "backend": backend,
+        "crop_x0": str(x0),
+        "crop_y0": str(y0),
+        "crop_x1": str(x1),
+        "crop_y1": str(y1),
+        "flipped": str(int(info.flipped)),
+        "png": job.png_rel,
+    }
+
+
+class Manifest:
+    """manifest.csv and errors.csv of a run: rows appended as images finish (from any thread), so that an
+    interrupted run can resume, then rewritten in CSV order by `close`."""
+
+    def __init__(self, out: Path, done: dict[str, dict[str, str]]) -> None:
+        self.path, self.errors_path = out / MANIFEST_FILE, out / ERRORS_FILE
+        self.done = done
+        self.written: dict[str, dict[str, str]] = {}
+        self.errors: list[list[str]] = []
+        self.lock = threading.Lock()
+        # the finished rows only (drops lines cut short), then appended to
+        atomic_write_csv(self.path, MANIFEST_COLUMNS, [list(r.values()) for r in done.values()])
+        self.handle = open(self.path, "a", newline="", encoding="utf-8")
+        self.writer = csv.writer(self.handle, lineterminator="\n")
+
+    def add(self, entry: dict[str, str]) -> None:
+        with self.lock:
+            self.writer.writerow([entry[c] for c in MANIFEST_COLUMNS])
+            self.handle.flush()
+            self.written[entry["image"]] = entry
+
+    def error(self, job: Job, message: str) -> None:
+        image, patient = _ids(job.row)
+        with self.lock:
+            self.errors.append([image, patient, str(job.dicom), message])
+            tqdm.write(f"error: {job.dicom}: {message}", file=sys.stderr)
+
+    def close(self, order: Sequence[str]) -> None:
+        """The final manifest, rows in the order of the image ids `order`, and this run's errors."""
+        self.handle.close()
+        finished = {**self.done, **self.written}
+        rows = [[finished[i][c] for c in MANIFEST_COLUMNS] for i in order if i in finished]
+        atomic_write_csv(self.path, MANIFEST_COLUMNS, rows)
+        atomic_write_csv(self.errors_path, ERROR_COLUMNS, self.errors)
+
+
+def write_image(job: Job, result: DicomResult, settings: Settings, manifest: Manifest) -> None:
+    """Window, crop and write one decoded image and its manifest row; a failure goes to the error list."""
+    try:
+        image, info = process_one(result, settings, str(job.row.get("laterality", "") or ""))
+        atomic_write_bytes(job.png, encode_png(image))
+    except Exception as exc:
+        manifest.error(job, f"{type(exc).__name__}: {exc}")
+        return
+    manifest.add(manifest_entry(job, str(result.backend), info))
+
+
+def decode_all(
+    jobs: Sequence[Job], reader: DicomReader, settings: Settings, manifest: Manifest, workers: int, progress: bool
+) -> None:
+    """Decode the jobs batch by batch; windowing, cropping and PNG writing run in `workers` threads meanwhile."""
+    bar = tqdm(total=len(jobs), desc="prepare", unit="img", disable=not progress)
+    pending: deque[Future[None]] = deque()
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for start in range(0, len(jobs), reader.batch_size):
+                batch = jobs[start : start + reader.batch_size]
+                for job, result in zip(batch, reader.read([job.dicom for job in batch]), strict=True):
+                    if not result.ok:
+                        manifest.error(job, result.error or "unreadable")
+                        bar.update(1)
+                        continue
+                    future = pool.submit(write_image, job, result, settings, manifest)
+                    future.add_done_callback(lambda _f: bar.update(1))
+                    pending.append(future)
+                while len(pending) > 2 * reader.batch_size:  # bound the memory in flight
+                    pending.popleft().result()
+            for future in pending:
+                future.result()
+    finally:
+        bar.close()
+
+
 def run(
     csv_path: str | os.PathLike,
     dicom_dir: str | os.PathLike,
@@ -177,126 +300,27 @@ def run(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Prepare the images; returns counts and the error list. See the module docstring."""
-    from tqdm import tqdm
-
-    from project.mammo.dicom import DicomReader
-
     if bits not in (8, 16):
         raise ValueError("bits must be 8 or 16")
     out = Path(out)
-    dicom_dir = Path(dicom_dir)
     settings = Settings(tuple(size), int(bits), flip, bool(clean), int(window_index))
     out.mkdir(parents=True, exist_ok=True)
-    settings_path = out / "prepare.json"
-    manifest_path = out / "manifest.csv"
-    errors_path = out / "errors.csv"
-    if settings_path.exists() and not overwrite:
-        previous = json.loads(settings_path.read_text())
-        if previous != settings.as_json():
-            raise ValueError(f"{out} was prepared with other settings ({previous}); use a new --out or --overwrite")
-    if overwrite and manifest_path.exists():
-        manifest_path.unlink()
-    atomic_write_text(settings_path, json.dumps(settings.as_json(), indent=1) + "\n")
-
-    rows = read_rows(Path(csv_path))
-    if limit is not None:
-        rows = rows[:limit]
-    done = {} if overwrite else load_manifest(manifest_path, out)
-    jobs: list[Job] = []
-    skipped = 0
-    for row in rows:
-        image, patient = str(row["image_id"]).strip(), str(row["patient_id"]).strip()
-        if image in done:
-            skipped += 1
-            continue
-        rel = f"images/{patient}/{image}.png"
-        jobs.append(Job(row, dicom_dir / patient / f"{image}.dcm", out / rel, rel))
-
-    # rewrite the manifest with the finished rows only (drops cut lines), then append
-    atomic_write_csv(manifest_path, MANIFEST_COLUMNS, [list(r.values()) for r in done.values()])
-    lock = threading.Lock()
-    errors: list[list[str]] = []
-    written: dict[str, dict[str, str]] = {}
-    manifest_handle = open(manifest_path, "a", newline="", encoding="utf-8")
-    manifest_writer = csv.writer(manifest_handle, lineterminator="\n")
-
-    def record_error(job: Job, message: str) -> None:
-        image, patient = str(job.row["image_id"]).strip(), str(job.row["patient_id"]).strip()
-        with lock:
-            errors.append([image, patient, str(job.dicom), message])
-            tqdm.write(f"error: {job.dicom}: {message}", file=sys.stderr)
-
-    def finish(job: Job, result: Any) -> None:
-        try:
-            image_out, info = process_one(result, settings, str(job.row.get("laterality", "") or ""))
-            atomic_write_bytes(job.png, encode_png(image_out))
-        except Exception as exc:
-            record_error(job, f"{type(exc).__name__}: {exc}")
-            return
-        x0, y0, x1, y1 = info.box
-        entry = {
-            "image": str(job.row["image_id"]).strip(),
-            "patient": str(job.row["patient_id"]).strip(),
-            "laterality": str(job.row.get("laterality", "") or ""),
-            "view": str(job.row.get("view", "") or ""),
-            "label": str(job.row.get("cancer", "") or ""),
-            "backend": str(result.backend),
-            "crop_x0": str(x0),
-            "crop_y0": str(y0),
-            "crop_x1": str(x1),
-            "crop_y1": str(y1),
-            "flipped": str(int(info.flipped)),
-            "png": job.png_rel,
-        }
-        with lock:
-            manifest_writer.writerow([entry[c] for c in MANIFEST_COLUMNS])
-            manifest_handle.flush()
-            written[entry["image"]] = entry
-
-    reader = DicomReader(
-        backend,
-        batch_size=batch_size,
-        num_threads=workers,
-        keep_on_gpu=True,
-    )
-    disable = (not sys.stderr.isatty()) if progress is None else not progress
-    bar = tqdm(total=len(jobs), desc="prepare", unit="img", disable=disable)
-    pending: deque[Future[None]] = deque()
+    check_settings(out, settings, overwrite)
+    rows = read_rows(Path(csv_path))[:limit]
+    done = {} if overwrite else load_manifest(out / MANIFEST_FILE, out)
+    jobs = plan(rows, Path(dicom_dir), out, done)
+    reader = DicomReader(backend, batch_size=batch_size, num_threads=workers, keep_on_gpu=True)
+    manifest = Manifest(out, done)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for start in range(0, len(jobs), reader.batch_size):
-                batch = jobs[start : start + reader.batch_size]
-                results = reader.read([job.dicom for job in batch])
-                for job, result in zip(batch, results, strict=True):
-                    if not result.ok:
-                        record_error(job, result.error or "unreadable")
-                        bar.update(1)
-                        continue
-                    future = pool.submit(finish, job, result)
-                    future.add_done_callback(lambda _f: bar.update(1))
-                    pending.append(future)
-                while len(pending) > 2 * reader.batch_size:  # bound the memory in flight
-                    pending.popleft().result()
-            for future in pending:
-                future.result()
+        decode_all(jobs, reader, settings, manifest, workers, sys.stderr.isatty() if progress is None else progress)
     finally:
-        bar.close()
-        manifest_handle.close()
-
-    # final manifest in CSV order; errors of this run
-    finished = {**done, **written}
-    order = [str(r["image_id"]).strip() for r in rows]
-    final_rows = [[finished[i][c] for c in MANIFEST_COLUMNS] for i in order if i in finished]
-    atomic_write_csv(manifest_path, MANIFEST_COLUMNS, final_rows)
-    atomic_write_csv(errors_path, ERROR_COLUMNS, errors)
-    backends: dict[str, int] = {}
-    for entry in written.values():
-        backends[entry["backend"]] = backends.get(entry["backend"], 0) + 1
+        manifest.close([_ids(row)[0] for row in rows])
+    backends = Counter(entry["backend"] for entry in manifest.written.values())
     return {
-        "written": len(written),
-        "skipped": skipped,
-        "errors": errors,
-        "backends": backends,
+        "written": len(manifest.written),
+        "skipped": len(rows) - len(jobs),
+        "errors": manifest.errors,
+        "backends": dict(backends),
         "dali_device": reader.dali_device,
     }
 
