@@ -1,4 +1,4 @@
-"""Synthetic breast-ultrasound phantom written in the challenge layout (DESIGN.md §3)."""
+"""Synthetic breast-ultrasound phantom written in the challenge layout that project/data/layout.py reads."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The challenge's prediction files: cla_pre.csv and fea_pre.csv (DESIGN.md §3)."""
+"""The challenge's prediction files: cla_pre.csv (img_name, label), fea_pre.csv (img_name, a 0/1 per feature)."""
 
 from __future__ import annotations
 
