@@ -35,7 +35,7 @@ from project.runtime import (
     make_loader,
     resolve_device,
     seed_everything,
-    shard_order,
+    unshard,
 )
 from project.tasks.base import Evaluation
 
@@ -116,28 +116,17 @@ def _scheduler(optimizer, config: EngineConfig, stage: Stage, steps_per_epoch: i
     )
 
 
-def _in_dataset_order(tensors: list[torch.Tensor], world_size: int) -> list[torch.Tensor]:
-    """Rows gathered shard by shard put back in the order of the dataset."""
-    order = shard_order(len(tensors[0]), world_size)
-    restored = []
-    for tensor in tensors:
-        rows = torch.empty_like(tensor)
-        rows[order] = tensor
-        restored.append(rows)
-    return restored
-
-
 class Trainer:
     """Fits `model` to minimise `criterion` on `train_data`, judging each epoch on `val_data`, into `out_dir`.
 
-    `evaluate(logits, targets)` judges the whole validation set, its rows in `val_data`'s order.
+    `judge(logits, targets)` evaluates the whole validation set, its rows in `val_data`'s order.
     """
 
     def __init__(
         self,
         model: nn.Module,
         criterion: nn.Module,
-        evaluate: Judge,
+        judge: Judge,
         train_data: Dataset,
         val_data: Dataset,
         out_dir: Path,
@@ -148,7 +137,7 @@ class Trainer:
     ) -> None:
         self.rank, self.world_size = init_distributed()
         seed_everything(config.seed + self.rank, config.deterministic)
-        self.config, self.criterion, self.evaluate, self.out_dir = config, criterion, evaluate, Path(out_dir)
+        self.config, self.criterion, self.judge, self.out_dir = config, criterion, judge, Path(out_dir)
         self.checkpoint_config = checkpoint_config
         self.device = resolve_device(config.device)
         self.dtype = autocast_dtype(config.amp, self.device)
@@ -266,11 +255,11 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
                 logits.append(model(images).float().cpu())
             targets.append(target)
-        logits, targets = _in_dataset_order(gather([torch.cat(logits), torch.cat(targets)]), self.world_size)
+        logits, targets = unshard(gather([torch.cat(logits), torch.cat(targets)]), self.world_size)
         if not is_main_process():
             return None, 0.0
         val_loss = float(self.criterion(logits, targets))
-        return self.evaluate(logits, targets), val_loss
+        return self.judge(logits, targets), val_loss
 
     def _end_epoch(self, train_loss: float, speed: float, val_loss: float, evaluation: Evaluation | None) -> bool:
         """Log, checkpoint and decide early stopping on rank 0; every rank learns the decision."""

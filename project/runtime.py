@@ -81,9 +81,16 @@ class ShardSampler(Sampler[int]):
         return iter(self.indices)
 
 
-def shard_order(size: int, world_size: int) -> torch.Tensor:
-    """Dataset index of each row of `gather`ed ShardSampler outputs (rank 0's slice, then rank 1's, ...)."""
-    return torch.cat([torch.arange(size)[rank::world_size] for rank in range(world_size)])
+def unshard(tensors: list[torch.Tensor], world_size: int) -> list[torch.Tensor]:
+    """Rows of `gather`ed ShardSampler outputs (rank 0's slice, then rank 1's, ...) back in dataset order."""
+    size = len(tensors[0])
+    order = torch.cat([torch.arange(size)[rank::world_size] for rank in range(world_size)])
+    restored = []
+    for tensor in tensors:
+        rows = torch.empty_like(tensor)
+        rows[order] = tensor
+        restored.append(rows)
+    return restored
 
 
 def make_loader(

@@ -176,8 +176,9 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
 
 def load_task_data(args: argparse.Namespace, name: str) -> tuple[Task, list[Sample]]:
     """The task registered as `name`, bound to the dataset's labels, and the labelled training samples."""
+    task_type = task_class(name)
     try:
-        scan, labels = task_class(name).load(args.data, "train")
+        scan, labels = task_type.load(args.data, "train")
     except NotADataset as exc:
         raise SystemExit(str(exc)) from None
     if not scan.samples:
@@ -185,7 +186,7 @@ def load_task_data(args: argparse.Namespace, name: str) -> tuple[Task, list[Samp
     if scan.problems and is_main_process():
         print(f"{len(scan.problems)} dataset problem(s); run `python -m project.doctor {args.data}`. First:",
               *scan.problems[:5], sep="\n  ", file=sys.stderr)
-    return task_class(name)(labels), scan.samples
+    return task_type(labels), scan.samples
 
 
 def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int = 1) -> Setup:
@@ -234,8 +235,8 @@ def run(argv: Sequence[str] | None, name: str) -> dict[str, float]:
         print(f"{name}: {len(setup.train_samples)} train / {len(setup.val_samples)} validation images, "
               f"labels {setup.task.labels}, model {setup.checkpoint_config.model_name} "
               f"{setup.checkpoint_config.model_kwargs}, {setup.engine_config.workers} DataLoader workers", flush=True)
-    evaluate = partial(setup.task.evaluate, samples=setup.val_samples)
-    trainer = Trainer(setup.model, setup.criterion, evaluate, setup.train_data, setup.val_data, args.out,
+    judge = partial(setup.task.evaluate, samples=setup.val_samples)
+    trainer = Trainer(setup.model, setup.criterion, judge, setup.train_data, setup.val_data, args.out,
                       setup.engine_config, setup.checkpoint_config, train_sampler=setup.sampler,
                       batch_transform=setup.batch_transform)
     best = trainer.fit()

@@ -13,6 +13,7 @@ import torch
 
 from project.models.checkpoint import CheckpointConfig, CheckpointError, load_checkpoint, read_config, save_checkpoint
 from project.models.factory import create_model
+from project.runtime import ShardSampler, unshard
 from project.training import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +51,14 @@ def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="junk.safetensors"):
         read_config(tmp_path / "junk.safetensors")
+
+
+def test_gathered_validation_shards_return_to_dataset_order() -> None:
+    size, world_size = 7, 3
+    logits = torch.arange(size * 2).view(size, 2)
+    gathered = torch.cat([logits[list(ShardSampler(size, rank, world_size))] for rank in range(world_size)])
+    assert not torch.equal(gathered, logits)
+    assert torch.equal(unshard([gathered], world_size)[0], logits)
 
 
 def test_run_folder_and_resume_continue_the_schedule(phantom_small: Path, tmp_path: Path, monkeypatch) -> None:
