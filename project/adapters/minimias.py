@@ -8,8 +8,10 @@ left breasts, odd numbers right. ``labels.txt``: ``REFNUM BG CLASS [SEVERITY [X 
 finding, X and Y with the origin at the bottom-left corner.
 
 Output, read like ``python -m project.mammo.prepare``'s (same ``manifest.csv`` columns first and the
-same ``prepare.json``): ``DIR/images/<patient>/<image>.png``, the breast cropped with the chest wall
-on the left and fitted into ``--size`` (:func:`project.mammo.roi.crop_breast`); ``DIR/manifest.csv``
+same ``prepare.json``): ``DIR/images/<patient>/<image>.png``, the breast cropped and fitted into
+``--size`` (:func:`project.mammo.roi.crop_breast`), right breasts flipped so that the chest wall is on
+the left (``flip="laterality"``: the side is known from the number, while the mask's side is
+ambiguous on breasts that fill the film; the summary lists where the two disagree); ``DIR/manifest.csv``
 one row per image with ``label`` = 1 when the image has a malignant finding, plus ``fold``
 (patient-level, stratified by whether the woman has cancer), ``tissue``, ``pathology`` (normal,
 benign or malignant: the worst finding) and ``findings``; ``DIR/lesions.csv`` one row per finding
@@ -99,7 +101,7 @@ class ConversionSummary:
     without_location: list[str] = field(default_factory=list)
     per_fold: dict[int, str] = field(default_factory=dict)
     flipped: int = 0
-    side_disagrees: list[str] = field(default_factory=list)  # breast found on the side its laterality contradicts
+    side_disagrees: list[str] = field(default_factory=list)  # breast mask leaning to the side laterality contradicts
 
     def __str__(self) -> str:
         return "\n".join([
@@ -109,8 +111,8 @@ class ConversionSummary:
             "  findings " + ", ".join(f"{k}: {v}" for k, v in self.findings.items())
             + f"; without a location: {', '.join(self.without_location) or 'none'}",
             "  folds " + ", ".join(f"{k}: {v}" for k, v in self.per_fold.items()),
-            f"  {self.flipped} image(s) flipped to put the chest wall on the left; "
-            f"{len(self.side_disagrees)} whose breast lies on the side its laterality does not predict"
+            f"  {self.flipped} right breast(s) flipped to put the chest wall on the left; "
+            f"{len(self.side_disagrees)} whose breast mask leans to the other side than its laterality says"
             + (f": {', '.join(self.side_disagrees[:10])}" if self.side_disagrees else ""),
         ])
 
@@ -248,7 +250,7 @@ def convert_minimias(
         keep = sorted({im.patient for im in images})[:women]
         images = [im for im in images if im.patient in keep]
     check_out(out)
-    settings = Settings(tuple(size), 8, "auto", clean, 0)
+    settings = Settings(tuple(size), 8, "laterality", clean, 0)
 
     def one(image: MiasImage) -> tuple[CropInfo, list[list[str]], str]:
         pixels, info, lesions = convert_image(src / IMAGE_DIR / f"{image.image}.png", image, settings)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from collections import Counter
@@ -328,9 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="decode and preprocessing threads")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: the cores left over by the decode threads)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any file failed")
     return parser
+
+
+def cpu_threads(threads: int, workers: int) -> int:
+    """torch's CPU threads: `threads`, else the cores the decode threads leave (at least 1), as run.py.
+
+    On a busy CPU, intra-op threads that compete with decoding slow the model down many times over.
+    """
+    return threads or max(1, (os.cpu_count() or 1) - workers)
 
 
 def _summary(prediction: Prediction, out: Path, errors_path: Path) -> str:
@@ -358,8 +368,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.workers < 1:
         raise UsageError("--batch-size and --workers must be at least 1")
     device = resolve_device(args.device)
-    if device.type == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(args.threads, args.workers))
     rows = read_rows(args.csv, args.dicom_dir)
     members = load_members(args.weights, args.weights_ratio, device)
     try:
