@@ -22,8 +22,8 @@ from project.mammo.dicom import DicomReader, dali_status  # noqa: E402
 from project.mammo.phantom import generate  # noqa: E402
 from project.mammo.predict import (  # noqa: E402
     TASK,
+    BatchLoader,
     Member,
-    _BatchLoader,
     cpu_threads,
     load_members,
     predict,
@@ -118,7 +118,7 @@ def pipeline_rate(rows: list, member: Member, args: argparse.Namespace, device: 
     chunks = [list(range(s, min(s + args.batch_size, len(rows)))) for s in range(0, len(rows), args.batch_size)]
     with DicomReader(args.backend, batch_size=args.batch_size, num_threads=args.workers,
                      keep_on_gpu=device.type == "cuda") as reader, ThreadPoolExecutor(args.workers) as pool:
-        load = _BatchLoader(rows, [member.pre], reader, pool)
+        load = BatchLoader(rows, [member.pre], reader, pool)
         first = load(chunks[0])  # untimed: builds the decoders
         started = time.perf_counter()
         for chunk in chunks:

@@ -18,7 +18,7 @@ from project.mammo.metrics import aggregate
 from project.mammo.phantom import generate
 from project.mammo.predict import (
     ERRORS_FILE,
-    _BatchLoader,
+    BatchLoader,
     load_members,
     main,
     positive_probability,
@@ -163,7 +163,7 @@ def test_predict_sees_exactly_what_prepare_writes(phantom: Path, tmp_path: Path)
                 workers=1, progress=False)
     rows = read_rows(phantom / "train.csv", phantom / "train_images")
     with DicomReader("pydicom") as reader, ThreadPoolExecutor(1) as pool:
-        batch = _BatchLoader(rows, [pre], reader, pool)(list(range(len(rows))))
+        batch = BatchLoader(rows, [pre], reader, pool)(list(range(len(rows))))
     assert batch.errors == {} and batch.indices == list(range(len(rows)))
     manifest = {r["image"]: r["png"] for r in _read_csv(tmp_path / "prepared" / "manifest.csv")}
     for k, row in enumerate(rows):

@@ -183,7 +183,7 @@ def positive_probability(logits: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class _Batch:
+class LoadedBatch:
     """One batch of rows, decoded and preprocessed: a tensor per preprocessing, and what failed."""
 
     indices: list[int]  # rows whose image is in the tensors, in tensor order
@@ -192,7 +192,7 @@ class _Batch:
     backends: Counter[str]
 
 
-class _BatchLoader:
+class BatchLoader:
     """Decode a batch of DICOMs and preprocess each image for every distinct preprocessing."""
 
     def __init__(self, rows: Sequence[ImageRow], pres: Sequence[MammoPreprocess], reader: DicomReader,
@@ -207,12 +207,12 @@ class _BatchLoader:
         except Exception as exc:  # any failure of one image is that image's error
             return f"cannot preprocess ({type(exc).__name__}: {exc})"
 
-    def __call__(self, indices: list[int]) -> _Batch:
+    def __call__(self, indices: list[int]) -> LoadedBatch:
         results = self.reader.read([self.rows[i].path for i in indices])
         outcomes = list(self.pool.map(self._one, indices, results))
         good = [(i, out) for i, out in zip(indices, outcomes, strict=True) if not isinstance(out, str)]
         tensors = {pre: torch.stack([out[k] for _, out in good]) for k, pre in enumerate(self.pres)} if good else {}
-        return _Batch(
+        return LoadedBatch(
             indices=[i for i, _ in good],
             tensors=tensors,
             errors={i: out for i, out in zip(indices, outcomes, strict=True) if isinstance(out, str)},
@@ -220,7 +220,7 @@ class _BatchLoader:
         )
 
 
-def _prefetched(load: _BatchLoader, chunks: Sequence[list[int]]) -> Iterator[_Batch]:
+def _prefetched(load: BatchLoader, chunks: Sequence[list[int]]) -> Iterator[LoadedBatch]:
     """The loaded batches in order, the next one loading while the caller works on the current one."""
     with ThreadPoolExecutor(1, thread_name_prefix="mammo-load") as loader:
         pending = loader.submit(load, chunks[0]) if chunks else None
@@ -249,7 +249,7 @@ def image_probabilities(
     reader = DicomReader(backend, batch_size=batch_size, num_threads=workers, keep_on_gpu=device.type == "cuda")
     with reader, ThreadPoolExecutor(max(1, workers), thread_name_prefix="mammo-pre") as pool, \
             tqdm(total=len(rows), desc="mammo predict", unit="img", disable=None) as bar:
-        for batch in _prefetched(_BatchLoader(rows, pres, reader, pool), chunks):
+        for batch in _prefetched(BatchLoader(rows, pres, reader, pool), chunks):
             errors.update(batch.errors)
             backends.update(batch.backends)
             for index, reason in batch.errors.items():
