@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import torch
 
+from project.data import marks
 from project.data.imageio import read_image
 from project.data.layout import Box
 
@@ -39,6 +40,7 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
     cut_black: CutBlackConfig | None = field(default_factory=CutBlackConfig)
     clahe: bool = False
+    remove_marks: bool = False  # inpaint burnt-in marks (project.data.marks) before CutBlack
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +54,7 @@ class Preprocess:
             std=tuple(raw["std"]),
             cut_black=CutBlackConfig(**cut_black) if cut_black else None,
             clahe=bool(raw.get("clahe", False)),
+            remove_marks=bool(raw.get("remove_marks", False)),
         )
 
 
@@ -168,7 +171,11 @@ def build_resize(img_size: int, clahe: bool) -> A.Compose:
 
 
 class Preprocessor:
-    """What every image goes through, in training and in prediction: decode, CutBlack, CLAHE, resize."""
+    """What every image goes through, in training and in prediction: decode, mark removal, CutBlack, CLAHE, resize.
+
+    Marks go first: text on a black border, once inpainted black, no longer keeps CutBlack from
+    cutting that border, and the full-resolution image shows thin strokes best.
+    """
 
     def __init__(self, preprocess: Preprocess) -> None:
         self.preprocess = preprocess
@@ -177,6 +184,8 @@ class Preprocessor:
     def __call__(self, path: str | Path, box: Box | None = None) -> tuple[np.ndarray, XYXY | None]:
         """img_size x img_size x 3 uint8 and the lesion box as normalised xyxy; raises ImageReadError."""
         image = read_image(path)
+        if self.preprocess.remove_marks:
+            image = marks.remove_marks(image)
         if self.preprocess.cut_black is not None:
             image, box = cut_black(image, box, self.preprocess.cut_black)
         return apply_with_box(self.resize, image, yolo_to_xyxy(box) if box else None)
