@@ -196,3 +196,4 @@ def test_real_data_counts(tmp_path: Path) -> None:
     assert len(summary.normals) == 4 and sum(int(n) for n in summary.per_fold.values()) == 252
     scan, _ = load_split(tmp_path / "breast", "train", "cla")
     assert not scan.problems and all(s.box is not None and s.box[2] > 0 for s in scan.samples)
+    assert doctor_main([str(tmp_path / "breast"), "--workers", "2"]) == 0
