@@ -119,7 +119,8 @@ def median_after_warmup(rates: Sequence[float]) -> float:
 def measure_data_pipeline(trainer_args: argparse.Namespace, setup: Setup, epochs: int
                           ) -> tuple[Measurement, int, tuple[torch.Tensor, torch.Tensor]]:
     """Loader alone (model skipped): images/s per epoch, the steps per epoch and one batch to train on."""
-    loader = make_loader(setup.train_data, trainer_args.batch_size, loader_workers(trainer_args), None, train=True)
+    loader = make_loader(setup.train_data, trainer_args.batch_size, loader_workers(trainer_args), None, train=True,
+                         persistent=True)
     rates, first_batch = [], None
     for _ in range(epochs):
         started, images_seen = time.perf_counter(), 0

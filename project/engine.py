@@ -149,9 +149,10 @@ class Trainer:
             train_sampler = torch.utils.data.DistributedSampler(train_data, seed=config.seed)
         self.train_sampler = train_sampler
         per_rank_batch = max(config.batch_size // self.world_size, 1)
-        self.train_loader = make_loader(train_data, per_rank_batch, config.workers, train_sampler, train=True)
+        self.train_loader = make_loader(train_data, per_rank_batch, config.workers, train_sampler, train=True,
+                                        persistent=True)
         val_sampler = ShardSampler(len(val_data), self.rank, self.world_size)
-        self.val_loader = make_loader(val_data, per_rank_batch, config.workers, val_sampler, train=False)
+        self.val_loader = make_loader(val_data, per_rank_batch, config.workers, val_sampler, persistent=True)
         self.batch_transform = batch_transform
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
         self.history: list[dict[str, float]] = []

@@ -100,8 +100,10 @@ def make_loader(
     sampler: Sampler | None = None,
     train: bool = False,
     collate_fn: Callable | None = None,
+    persistent: bool = False,
 ) -> DataLoader:
-    """Shuffled, full batches for training; every item in order otherwise. Workers reseed their augmentation."""
+    """Shuffled, full batches for training; every item in order otherwise. Workers reseed their augmentation
+    and, when `persistent`, live from one pass over the data to the next (one epoch to the next)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -110,7 +112,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         drop_last=train and len(dataset) > batch_size,
-        persistent_workers=workers > 0,
+        persistent_workers=persistent and workers > 0,
         worker_init_fn=init_worker,
         collate_fn=collate_fn,
     )

@@ -37,10 +37,11 @@ def _workers(text: str) -> int | str:
 def build_parser(name: str) -> argparse.ArgumentParser:
     """Arguments shared by every trainer, then those of the task registered as `name`."""
     task = task_class(name)
-    parser = argparse.ArgumentParser(description=f"Train the {task.title} on a dataset in the challenge layout.")
+    parser = argparse.ArgumentParser(description=f"Train the {task.title}.")
     add = parser.add_argument
     add("--config", type=Path, help="YAML file whose keys are defaults for the flags below")
-    add("--data", type=Path, required=True, help="dataset root holding train/ (and dataset.yaml)")
+    add("--data", type=Path, required=True,
+        help="dataset root as the task reads it (ultrasound tasks: train/ in the challenge layout, dataset.yaml)")
     add("--out", type=Path, required=True, help="run folder; an existing one is resumed")
     add("--model", default=task.default_model, help="backbone or timm model name")
     add("--model-kwargs", type=json.loads, default={}, help="extra model kwargs as JSON")

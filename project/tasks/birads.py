@@ -25,7 +25,7 @@ class ClassificationTask(Task):
     """Single-label classification over the dataset's class list; judged by the challenge's cla score."""
 
     name = "cla"
-    title = "BI-RADS classifier (MyConvNeXt)"
+    title = "BI-RADS classifier (MyConvNeXt) on a dataset in the challenge layout"
     default_model = "convnext_tiny"
     default_lr = 4e-4
 

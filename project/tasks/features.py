@@ -28,7 +28,7 @@ class FeatureTask(Task):
     """
 
     name = "fea"
-    title = "lesion-feature recogniser (MyDenseNet)"
+    title = "lesion-feature recogniser (MyDenseNet) on a dataset in the challenge layout"
     default_model = "densenet121"
     default_lr = 1e-3
 
