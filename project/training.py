@@ -81,6 +81,8 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     add("--cut-black-threshold", type=int, default=10)
     add("--cut-black-fraction", type=float, default=0.8)
     add("--clahe", action="store_true", help="CLAHE on every image (training and prediction)")
+    add("--remove-marks", action="store_true",
+        help="inpaint burnt-in callipers, text and coloured overlays (training and prediction)")
     add("--mean", type=comma_floats, default=None,
         help="per-channel normalisation mean (default: the model's pretrained one)")
     add("--std", type=comma_floats, default=None,
@@ -108,7 +110,8 @@ def _preprocess(args: argparse.Namespace, model: torch.nn.Module) -> Preprocess:
     data_config = resolve_data_config({}, model=model)
     mean = tuple(args.mean or data_config["mean"])
     std = tuple(args.std or data_config["std"])
-    return Preprocess(img_size=args.img_size, mean=mean, std=std, cut_black=cut, clahe=args.clahe)
+    return Preprocess(img_size=args.img_size, mean=mean, std=std, cut_black=cut, clahe=args.clahe,
+                      remove_marks=args.remove_marks)
 
 
 def _build_model(args: argparse.Namespace, name: str, kwargs: dict) -> torch.nn.Module:

@@ -8,6 +8,8 @@ from torch import nn
 
 from project.models.factory import create_model, param_groups
 from project.models.pretrained import offline_state_dict
+from project.tasks import create_task
+from project.training import build_parser
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +62,16 @@ def test_param_groups_cover_every_parameter_once_from_head_to_stem(name: str) ->
     assert {id(p) for p in model.conv_stem.parameters()} <= set(map(id, groups["stem"]))
     head_modules: list[nn.Module] = [model.conv_head, model.bn2]
     assert {id(p) for m in head_modules for p in m.parameters()} <= set(map(id, groups["head"]))
+
+
+@pytest.mark.parametrize(("task", "argv", "name", "expected"), [
+    ("cla", ["--model", "my_efficientnet", "--p-block", "0.1", "--sd-max", "0.2"], "my_efficientnet",
+     {"num_classes": 6, "p_block": 0.1, "sd_max": 0.2, "p_head": 0.5}),
+    ("cla", ["--model", "tf_efficientnet_lite0"], "tf_efficientnet_lite0", {"num_classes": 6}),
+    ("fea", ["--model", "tf_efficientnet_lite1", "--p-head", "0.3"], "my_efficientnet_features",
+     {"backbone": "tf_efficientnet_lite1", "tasks": ["boundary", "shape"], "p_head": 0.3}),
+])
+def test_the_tasks_route_efficientnet_names(task: str, argv: list[str], name: str, expected: dict) -> None:
+    args = build_parser(task).parse_args(["--data", "d", "--out", "o", *argv])
+    labels = ["2", "3", "4A", "4B", "4C", "5"] if task == "cla" else ["boundary", "shape"]
+    assert create_task(task, labels).model_spec(args) == (name, expected)

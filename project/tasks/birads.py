@@ -57,11 +57,15 @@ class ClassificationTask(Task):
         return {"label": self.labels.index(row["label"])}
 
     def model_spec(self, args: argparse.Namespace) -> tuple[str, dict]:
-        """ConvNeXt names get MyConvNeXt; any other name is a timm baseline."""
+        """ConvNeXt names get MyConvNeXt, my_efficientnet the same regularisation on an EfficientNet
+        trunk (`--model-kwargs '{"backbone": ...}'`, default tf_efficientnet_lite0); any other name is a
+        timm baseline."""
+        regularised = {"num_classes": len(self.labels), "p_block": args.p_block, "sd_max": args.sd_max,
+                       "p_head": args.p_head}
         if args.model.startswith("convnext"):
-            kwargs = {"backbone": args.model, "num_classes": len(self.labels), "p_block": args.p_block,
-                      "sd_max": args.sd_max, "p_head": args.p_head}
-            return "my_convnext", {**kwargs, **args.model_kwargs}
+            return "my_convnext", {"backbone": args.model, **regularised, **args.model_kwargs}
+        if args.model == "my_efficientnet":
+            return "my_efficientnet", {**regularised, **args.model_kwargs}
         return args.model, {"num_classes": len(self.labels), **args.model_kwargs}
 
     def loss(self, args: argparse.Namespace, train: Sequence[Sample]) -> nn.Module:

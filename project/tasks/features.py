@@ -28,7 +28,7 @@ class FeatureTask(Task):
     """
 
     name = "fea"
-    title = "lesion-feature recogniser (MyDenseNet) on a dataset in the challenge layout"
+    title = "lesion-feature recogniser (MyDenseNet or MyEfficientNetFeatures) on a challenge-layout dataset"
     default_model = "densenet121"
     default_lr = 1e-3
 
@@ -55,10 +55,16 @@ class FeatureTask(Task):
         return {"features": {feature: int(row[feature]) if row[feature] else None for feature in self.labels}}
 
     def model_spec(self, args: argparse.Namespace) -> tuple[str, dict]:
-        if not args.model.startswith("densenet"):
-            raise SystemExit(f"train_binary: --model must be a DenseNet (densenet121, ...), got {args.model!r}")
-        kwargs = {"backbone": args.model, "tasks": self.labels, "p_layer": args.p_layer, "p_head": args.p_head}
-        return "my_densenet", {**kwargs, **args.model_kwargs}
+        """CBAM and task decoupling on a DenseNet (MyDenseNet) or an EfficientNet(-Lite) trunk."""
+        kwargs = {"backbone": args.model, "tasks": self.labels, "p_head": args.p_head}
+        if args.model.startswith("densenet"):
+            return "my_densenet", {**kwargs, "p_layer": args.p_layer, **args.model_kwargs}
+        if "efficientnet" in args.model:
+            return "my_efficientnet_features", {**kwargs, **args.model_kwargs}
+        raise SystemExit(
+            f"train_binary: --model must be a DenseNet (densenet121, ...) or an EfficientNet "
+            f"(tf_efficientnet_lite0, ...), got {args.model!r}"
+        )
 
     def loss(self, args: argparse.Namespace, train: Sequence[Sample]) -> nn.Module:
         default = FEATURE_TASK_WEIGHTS if len(self.labels) == len(FEATURE_TASK_WEIGHTS) else (1.0,) * len(self.labels)
