@@ -13,7 +13,7 @@ from PIL import Image
 
 from project.models import pretrained
 from project.models.checkpoint import read_config
-from project.models.factory import PretrainedWeightsUnavailable, create_model
+from project.models.factory import PretrainedWeightsUnavailable, adapt_first_conv, create_model
 from project.models.pretrained import WeightsMismatch, pair_in_order
 from project.training import run
 
@@ -95,3 +95,31 @@ def test_the_checkpoint_stores_the_normalisation_of_the_pretrained_weights(phant
 
     preprocess = read_config(out / "best.safetensors").preprocess
     assert preprocess["mean"] == [0.5, 0.5, 0.5] and preprocess["std"] == [0.5, 0.5, 0.5]
+
+
+def test_the_first_convolution_is_fitted_to_other_input_channel_counts() -> None:
+    rgb = torch.randn(4, 3, 3, 3)
+    state = {"stem.weight": rgb, "head.weight": torch.ones(2, 4)}
+    model_state = {"stem.weight": torch.zeros(4, 1, 3, 3), "head.weight": torch.zeros(2, 4)}
+    grey = adapt_first_conv(state, model_state, "stem")
+    torch.testing.assert_close(grey["stem.weight"], rgb.sum(dim=1, keepdim=True))
+    assert grey["head.weight"] is state["head.weight"]
+    five = adapt_first_conv(state, {"stem.weight": torch.zeros(4, 5, 3, 3)}, ("stem",))["stem.weight"]
+    assert five.shape == (4, 5, 3, 3)
+    assert adapt_first_conv(state, {"stem.weight": torch.zeros(4, 3, 3, 3)}, "stem")["stem.weight"] is rgb
+
+
+@pytest.mark.usefixtures("no_network")
+def test_one_channel_lite0_sees_a_grey_picture_as_the_rgb_model_does() -> None:
+    rgb_model = create_model("tf_efficientnet_lite0", pretrained=True).eval()
+    grey_model = create_model("tf_efficientnet_lite0", pretrained=True, in_chans=1).eval()
+    photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("L")
+    pixels = np.asarray(photo.resize((224, 224), Image.BICUBIC), dtype=np.float32) / 255
+    grey = (torch.from_numpy(pixels)[None, None] - 0.5) / 0.5  # lite0 normalises every channel alike
+
+    with torch.no_grad():
+        expected, got = rgb_model(grey.expand(1, 3, -1, -1)), grey_model(grey)
+
+    assert grey_model.conv_stem.weight.shape[1] == 1
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert got.argmax(dim=1).item() == expected.argmax(dim=1).item()

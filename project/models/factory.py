@@ -6,7 +6,7 @@ import importlib
 import logging
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.models import get_pretrained_cfg, group_parameters
+from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
 from project.models.pretrained import (
@@ -87,14 +88,34 @@ def load_pretrained(model: nn.Module, timm_name: str) -> LoadReport:
     else:
         path = pretrained_weights_file(timm_name)
         state, source = read_state_dict(path), str(path)
-    report = load_state(model, state, source)
-    classifier = get_pretrained_cfg(architecture).classifier or "classifier"
+    cfg = get_pretrained_cfg(architecture)
+    report = load_state(model, adapt_first_conv(state, model.state_dict(), cfg.first_conv), source)
+    classifier = cfg.classifier or "classifier"
     unloaded = [key for key in report.skipped if not key.startswith(f"{classifier}.")]
     if unloaded:
         raise InitWeightsError(f"{source}: pretrained tensors that do not fit {timm_name}: {unloaded[:5]}")
     if report.skipped and hasattr(model, "get_classifier"):
         _start_small(model.get_classifier())
     return report
+
+
+def adapt_first_conv(
+    state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor], first_conv: str | Sequence[str] | None
+) -> dict[str, torch.Tensor]:
+    """`state` with the first convolution's kernels fitted to the model's input channels, as timm does.
+
+    timm adapts RGB weights itself only when it loads them; here a state dict is loaded, so a model
+    built with `in_chans=1` gets the sum of the RGB kernels (on a grey picture, R = G = B, the summed
+    kernel gives what the three gave, exactly where the channels share mean and std), other counts
+    the kernels repeated and rescaled (`timm.models._manipulate.adapt_input_conv`).
+    """
+    names = [first_conv] if isinstance(first_conv, str) else list(first_conv or ())
+    adapted = dict(state)
+    for key in (f"{name}.weight" for name in names):
+        source, target = state.get(key), model_state.get(key)
+        if source is not None and target is not None and source.ndim == 4 and source.shape[1] != target.shape[1]:
+            adapted[key] = adapt_input_conv(target.shape[1], source)
+    return adapted
 
 
 def _start_small(classifier: nn.Module) -> None:
