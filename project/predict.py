@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from project.data.imageio import ImageReadError
+from project.data.submission import write_probability_csv
 from project.data.transforms import Preprocess, Preprocessor, to_tensor
 from project.fileio import atomic_write_csv
 from project.models.checkpoint import CheckpointConfig, load_checkpoint
@@ -154,6 +155,14 @@ def write_predictions(out_dir: Path, predictions: Predictions, members: Sequence
     """The ensemble's decisions in its task's submission file (cla_pre.csv, fea_pre.csv, ...), atomically."""
     task = members[0].task
     return task.write_submission(out_dir, predictions.names, predictions.probs, ensemble_thresholds(members), id_style)
+
+
+def write_probabilities(out_dir: Path, predictions: Predictions, members: Sequence[Member], id_style: str) -> Path:
+    """<task>_prob.csv: the ensemble's probabilities (and derived scores) in the submission's row order."""
+    task = members[0].task
+    path = Path(out_dir) / f"{task.name}_prob.csv"
+    write_probability_csv(path, predictions.names, task.probability_columns(predictions.probs), id_style)
+    return path
 
 
 def write_errors(out_dir: Path, errors: dict[str, dict[str, str]]) -> None:

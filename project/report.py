@@ -6,7 +6,6 @@ import argparse
 import csv
 import html
 import json
-import re
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
-from project.data.classes import normalise_class_name
+from project.data.classes import MALIGNANT_FROM, first_malignant_class
 from project.data.layout import Sample
 from project.data.submission import write_cla_csv
 from project.evaluate import evaluate_folders
@@ -40,7 +39,6 @@ from project.runfolder import (
 from project.runtime import resolve_device
 from project.tasks import ClassificationTask
 
-MALIGNANT_FROM = 4  # BI-RADS 4 and above: biopsy recommended
 CALIBRATION_BINS = 10
 CV_COLUMNS = {
     "macro_f1": "macro-F1",
@@ -126,11 +124,10 @@ def predict_validation(
 
 def malignancy_index(classes: Sequence[str]) -> int:
     """Index of the first class whose BI-RADS number is 4 or more ('4', '4A', ...)."""
-    for index, name in enumerate(classes):
-        number = re.match(r"\d+", normalise_class_name(name))
-        if number and int(number.group()) >= MALIGNANT_FROM:
-            return index
-    raise ReportError(f"no class of {list(classes)} is BI-RADS {MALIGNANT_FROM} or above")
+    first = first_malignant_class(classes)
+    if first is None:
+        raise ReportError(f"no class of {list(classes)} is BI-RADS {MALIGNANT_FROM} or above")
+    return first
 
 
 def _auc(truth: np.ndarray, score: np.ndarray) -> dict:

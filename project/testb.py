@@ -13,7 +13,14 @@ import torch
 from project.data.layout import list_images
 from project.data.submission import ID_STYLES
 from project.models.checkpoint import CheckpointError
-from project.predict import ERRORS_FILE, load_members, predict_folder, write_errors, write_predictions
+from project.predict import (
+    ERRORS_FILE,
+    load_members,
+    predict_folder,
+    write_errors,
+    write_predictions,
+    write_probabilities,
+)
 from project.runtime import resolve_device
 
 # The challenge's testB folders, each predicted by the task of the same name, and their checkpoints' file prefix.
@@ -44,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument("--id-style", choices=ID_STYLES, default="name", help="img_name column, or id 1..N")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any image could not be read")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write cla_prob.csv (one column per class, then malignancy = P(BI-RADS >= 4)) "
+                             "and fea_prob.csv (the probability of each feature), rows as in the label files")
     return parser
 
 
@@ -89,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         predictions = predict_folder(list_images(folder), members, device, args.batch_size, args.workers,
                                      args.tta, desc=name)
         path = write_predictions(args.out_dir, predictions, members, args.id_style)
+        if args.probabilities:
+            write_probabilities(args.out_dir, predictions, members, args.id_style)
         errors[name] = predictions.errors
         total_images += len(predictions.names)
         total_seconds += predictions.seconds

@@ -147,3 +147,25 @@ def test_run_py_defaults_from_the_working_directory(tmp_path: Path, weights: Pat
     assert result.returncode == 0, result.stderr
     assert "images/s" in result.stdout
     assert len(_rows(tmp_path / "cla_pre.csv")) == 9 and _rows(tmp_path / "run_errors.csv") == []
+
+
+def test_probabilities_files_follow_the_label_files_row_for_row(tmp_path: Path, weights: Path) -> None:
+    test_dir = tmp_path / "testB"
+    _good_files(test_dir / "cla")
+    _bad_files(test_dir / "cla")
+    _good_files(test_dir / "fea")
+    out = tmp_path / "out"
+    main(["--data", str(test_dir), "--weights-dir", str(weights), "--out-dir", str(out), "--workers", "0",
+          "--probabilities"])
+
+    labels, probs = _rows(out / "cla_pre.csv"), _rows(out / "cla_prob.csv")
+    classes = ["2", "3", "4A", "4B", "4C", "5"]
+    assert list(probs[0]) == ["img_name", *classes, "malignancy"]
+    assert [r["img_name"] for r in probs] == [r["img_name"] for r in labels]
+    table = np.array([[float(r[c]) for c in classes] for r in probs])
+    np.testing.assert_allclose(table.sum(axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose([float(r["malignancy"]) for r in probs], table[:, 2:].sum(axis=1), atol=1e-5)
+    assert table.argmax(axis=1).tolist() == [int(r["label"]) for r in labels]
+    features = _rows(out / "fea_prob.csv")
+    decided = [[int(float(r[t]) >= limit) for t, limit in (("boundary", 0.2), ("shape", 0.9))] for r in features]
+    assert decided == [[int(r["boundary"]), int(r["shape"])] for r in _rows(out / "fea_pre.csv")]

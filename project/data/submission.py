@@ -1,4 +1,4 @@
-"""The challenge's prediction files: cla_pre.csv (img_name, label), fea_pre.csv (img_name, a 0/1 per feature)."""
+"""The challenge's prediction files (cla_pre.csv, fea_pre.csv) and the probability files beside them."""
 
 from __future__ import annotations
 
@@ -50,6 +50,17 @@ def write_fea_csv(
     ids = names if id_style == "name" else range(1, len(names) + 1)
     rows = [(i, *(int(v) for v in values[n])) for i, n in zip(ids, names)]
     atomic_write_csv(path, [_id_column(id_style), *tasks], rows)
+
+
+def write_probability_csv(
+    path: str | os.PathLike, names: Sequence[str], columns: Mapping[str, Sequence[float]], id_style: str = "name"
+) -> None:
+    """One row per image in the submission's order: its id, then each column's value (6 decimals)."""
+    row_of = {name: index for index, name in enumerate(names)}
+    ordered = _ordered(list(names))
+    ids = ordered if id_style == "name" else range(1, len(ordered) + 1)
+    rows = [(i, *(f"{float(values[row_of[n]]):.6f}" for values in columns.values())) for i, n in zip(ids, ordered)]
+    atomic_write_csv(path, [_id_column(id_style), *columns], rows)
 
 
 def read_prediction_csv(path: str | os.PathLike, columns: Sequence[str]) -> dict[str, list[int]]:

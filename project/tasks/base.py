@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 from project.data.layout import Sample, Scan
 
@@ -27,6 +27,15 @@ class Evaluation:
     confusion: dict[str, np.ndarray] = field(default_factory=dict)
     confusion_labels: dict[str, list[str]] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TaskDatasets:
+    """A task's own training and validation datasets, and the preprocessing its checkpoint records."""
+
+    train: Dataset
+    val: Dataset
+    preprocess: dict
 
 
 class Task(ABC):
@@ -64,6 +73,17 @@ class Task(ABC):
     @abstractmethod
     def truth_from_columns(self, row: Mapping[str, str]) -> dict:
         """Sample fields (`label`, `features`) read back from the columns `label_columns` wrote."""
+
+    def configure(self, args: argparse.Namespace, train: Sequence[Sample]) -> None:
+        """Keep what this run's later calls (evaluate, ...) need from its arguments and training samples."""
+        return None
+
+    def datasets(
+        self, args: argparse.Namespace, train: Sequence[Sample], val: Sequence[Sample], model: nn.Module
+    ) -> TaskDatasets | None:
+        """This task's own datasets (e.g. another channel count or preprocessing); None: the shared
+        LesionDataset with the shared preprocessing flags."""
+        return None
 
     # Training ----------------------------------------------------------------------------------
 
@@ -106,6 +126,10 @@ class Task(ABC):
     @abstractmethod
     def decide(self, probs: np.ndarray, thresholds: Mapping[str, float]) -> np.ndarray:
         """Probabilities [N, len(labels)] to the submitted values, with tuned thresholds by label."""
+
+    def probability_columns(self, probs: np.ndarray) -> dict[str, np.ndarray]:
+        """The columns of the probabilities file (run.py --probabilities): one per label by default."""
+        return {label: probs[:, index] for index, label in enumerate(self.labels)}
 
     @abstractmethod
     def write_submission(

@@ -12,6 +12,7 @@ from timm.data import Mixup
 from torch import nn
 
 from project.config import comma_floats
+from project.data.classes import first_malignant_class
 from project.data.layout import Sample, Scan, load_split
 from project.data.samplers import OversamplingSampler, class_draw_weights
 from project.data.submission import CLA_FILE, write_cla_csv
@@ -111,6 +112,14 @@ class ClassificationTask(Task):
     def decide(self, probs: np.ndarray, thresholds: Mapping[str, float]) -> np.ndarray:
         """The most probable class."""
         return probs.argmax(axis=1)
+
+    def probability_columns(self, probs: np.ndarray) -> dict[str, np.ndarray]:
+        """One column per class, then `malignancy`: P(BI-RADS ≥ 4), where the class list has such classes."""
+        columns = super().probability_columns(probs)
+        first = first_malignant_class(self.labels)
+        if first is not None:
+            columns["malignancy"] = probs[:, first:].sum(axis=1)
+        return columns
 
     def write_submission(
         self, out_dir: Path, names: Sequence[str], probs: np.ndarray, thresholds: Mapping[str, float], id_style: str
