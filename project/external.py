@@ -1,0 +1,136 @@
+"""External validation: BI-RADS checkpoints on every image of another labelled dataset, classes mapped by category.
+
+``python -m project.external --weights A.safetensors [B ...] --data DATA --out DIR``
+
+A model trained on one dataset (BUS-BRA: 2, 3, 4, 5) meets another with finer classes (BrEaST:
+2, 3, 4A, 4B, 4C, 5): each of the dataset's classes is scored as the model class of the same
+BI-RADS category (4A, 4B and 4C as 4). Every checkpoint is scored alone, then their ensemble (the
+run.py path: same preprocessing, probabilities averaged). Figures: the challenge cla score,
+macro-F1, accuracy, quadratic κ, and the malignancy AUC of P(BI-RADS ≥ 4) against BI-RADS ≥ 4 and
+against the dataset's `pathology` metadata (biopsy or follow-up). The ensemble's probabilities go
+to DIR/cla_prob.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from project.data.classes import birads_number, first_malignant_class, normalise_class_name
+from project.data.layout import Sample
+from project.data.submission import write_probability_csv
+from project.fileio import atomic_write_text
+from project.metrics import classification_report
+from project.predict import Member, load_members, predict_folder
+from project.runtime import resolve_device
+
+COLUMNS = ("score", "macro_f1", "accuracy", "kappa", "auc_birads", "auc_pathology")
+
+
+class ClassMappingError(ValueError):
+    """A dataset class that no model class covers."""
+
+
+def map_classes(dataset_classes: Sequence[str], model_classes: Sequence[str]) -> list[int]:
+    """For each dataset class, the model class of the same name, else of the same BI-RADS category."""
+    names = [normalise_class_name(c) for c in model_classes]
+    mapping = []
+    for name in dataset_classes:
+        key = normalise_class_name(name)
+        coarse = [i for i, model in enumerate(names) if model.isdigit() and int(model) == birads_number(name)]
+        if key in names:
+            mapping.append(names.index(key))
+        elif coarse:
+            mapping.append(coarse[0])
+        else:
+            raise ClassMappingError(f"dataset class {name!r} matches none of the model classes {list(model_classes)}")
+    return mapping
+
+
+def _auc(truth: np.ndarray, score: np.ndarray) -> float | None:
+    return float(roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else None
+
+
+def figures(samples: Sequence[Sample], truth: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+    """The COLUMNS of one model's probabilities against the mapped truth."""
+    report = classification_report(truth, probs.argmax(axis=1), classes)
+    first = first_malignant_class(classes)
+    malignancy = probs[:, first:].sum(axis=1)
+    pathology = np.array([s.extra.get("pathology", "").strip().lower() for s in samples])
+    known = np.isin(pathology, ("benign", "malignant"))
+    return {
+        "score": report["score"], "macro_f1": report["macro_f1"], "accuracy": report["accuracy"],
+        "kappa": report["kappa"], "auc_birads": _auc((truth >= first).astype(int), malignancy),
+        "auc_pathology": _auc((pathology[known] == "malignant").astype(int), malignancy[known]),
+    }
+
+
+def evaluate(samples: Sequence[Sample], dataset_classes: Sequence[str], members: Sequence[Member], device) -> dict:
+    """{checkpoint name or 'ensemble': figures}, plus the ensemble's probabilities and image names."""
+    classes = members[0].config.labels
+    mapping = np.array(map_classes(dataset_classes, classes))
+    truth = mapping[[s.label for s in samples]]
+    paths = [s.path for s in samples]
+    results, probs = {}, []
+    for member in members:
+        predictions = predict_folder(paths, [member], device, workers=0, desc=member.path.parent.name)
+        if predictions.errors:
+            raise ValueError(f"unreadable images: {predictions.errors}")
+        probs.append(predictions.probs)
+        results[str(member.path)] = figures(samples, truth, predictions.probs, classes)
+    ensemble = np.mean(probs, axis=0)
+    results["ensemble"] = figures(samples, truth, ensemble, classes)
+    return {"figures": results, "probs": ensemble, "names": [p.name for p in paths], "classes": classes}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def markdown(results: dict[str, dict]) -> str:
+    """One row per checkpoint, mean ± sd of the single checkpoints, then the ensemble."""
+    lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    singles = {name: row for name, row in results.items() if name != "ensemble"}
+    for name, row in singles.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(row[c]) for c in COLUMNS) + " |")
+    if len(singles) > 1:
+        cells = []
+        for column in COLUMNS:
+            values = np.array([row[column] for row in singles.values() if row[column] is not None])
+            cells.append(f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else "n/a")
+        lines.append("| mean ± sd of the single models | " + " | ".join(cells) + " |")
+    lines.append("| **ensemble** | " + " | ".join(_fmt(results["ensemble"][c]) for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m project.external", description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, nargs="+", required=True, help="classifier checkpoints")
+    parser.add_argument("--data", type=Path, required=True, help="dataset in the challenge layout (train/cla)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for cv.md and cla_prob.csv")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    members = load_members(args.weights, device)
+    scan, dataset_classes = members[0].task.load(args.data)
+    try:
+        result = evaluate(scan.samples, dataset_classes, members, device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = markdown(result["figures"])
+    atomic_write_text(args.out / "external.md", table)
+    columns = members[0].task.probability_columns(result["probs"])
+    write_probability_csv(args.out / "cla_prob.csv", result["names"], columns)
+    print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
