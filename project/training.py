@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from timm.data import resolve_data_config
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 from project.config import comma_floats, parse_with_config, save_args
 from project.data.cache import UnreadableImages, cache_bytes, fits_in_memory
@@ -27,7 +27,7 @@ from project.models.factory import PretrainedWeightsUnavailable, create_model, l
 from project.runfolder import ARGS_FILE, VALIDATION_FILE, write_validation_split
 from project.runtime import default_workers, init_distributed, is_main_process, resolve_device
 from project.tasks import Task, task_class
-from project.tasks.base import BatchTransform
+from project.tasks.base import BatchTransform, TaskDatasets
 
 
 def _workers(text: str) -> int | str:
@@ -152,8 +152,8 @@ class Setup:
     task: Task
     train_samples: list[Sample]
     val_samples: list[Sample]
-    train_data: LesionDataset
-    val_data: LesionDataset
+    train_data: Dataset
+    val_data: Dataset
     model: torch.nn.Module
     criterion: torch.nn.Module
     sampler: Sampler | None
@@ -193,24 +193,34 @@ def load_task_data(args: argparse.Namespace, name: str) -> tuple[Task, list[Samp
     return task_type(labels), scan.samples
 
 
+def _lesion_datasets(
+    args: argparse.Namespace, task: Task, train: Sequence[Sample], val: Sequence[Sample], model: torch.nn.Module
+) -> TaskDatasets:
+    """The shared datasets: LesionDataset with CutMix and augmentation for training, cached in RAM if asked."""
+    preprocess = _preprocess(args, model)
+    augment = AugmentConfig(**args.augment_options) if args.augment else None
+    train_data = LesionDataset(train, preprocess, task, augment, CutMixConfig(p=args.cutmix), seed=args.seed)
+    val_data = LesionDataset(val, preprocess, task)
+    if args.cache == "ram":
+        cache_images([train_data, val_data], args.data)
+    return TaskDatasets(train_data, val_data, preprocess.to_dict())
+
+
 def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int = 1) -> Setup:
     """Data, split, datasets, loss, model and configs for the task `name` as the parsed arguments say."""
     task, samples = load_task_data(args, name)
     train_samples, val_samples = split_samples(samples, args)
+    task.configure(args, train_samples)
     model_name, kwargs = task.model_spec(args)
     model = _build_model(args, model_name, kwargs)
-    preprocess = _preprocess(args, model)
-    augment = AugmentConfig(**args.augment_options) if args.augment else None
-    train_data = LesionDataset(train_samples, preprocess, task, augment, CutMixConfig(p=args.cutmix), seed=args.seed)
-    val_data = LesionDataset(val_samples, preprocess, task)
-    if args.cache == "ram":
-        cache_images([train_data, val_data], args.data)
+    data = (task.datasets(args, train_samples, val_samples, model)
+            or _lesion_datasets(args, task, train_samples, val_samples, model))
     return Setup(
         task=task,
         train_samples=train_samples,
         val_samples=val_samples,
-        train_data=train_data,
-        val_data=val_data,
+        train_data=data.train,
+        val_data=data.val,
         model=model,
         criterion=task.loss(args, train_samples),
         sampler=task.train_sampler(args, train_samples, rank, world_size),
@@ -218,7 +228,7 @@ def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int 
         engine_config=_engine_config(args),
         checkpoint_config=CheckpointConfig(
             task=task.name, model_name=model_name, model_kwargs=kwargs, labels=task.labels,
-            preprocess=preprocess.to_dict(),
+            preprocess=data.preprocess,
         ),
     )
 

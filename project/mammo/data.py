@@ -6,13 +6,13 @@ when present, ``fold``) and the PNGs it names. :func:`load_prepared` reads it in
 :class:`~project.data.layout.Sample` records (label 0/1 or None, group = patient, fold, and the
 breast's ``prediction_id`` in ``extra``), listing unusable rows as problems;
 :class:`MammoDataset` yields ``(tensor [1, H, W], target)`` through the same preprocessing as
-prediction (:mod:`project.mammo.preprocess`).
+prediction (:mod:`project.mammo.preprocess`), augmented in training by :func:`mammo_augment`.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from project.data.layout import Problem, Sample, Scan
+from project.data.transforms import AugmentConfig, build_augment
 from project.mammo.metrics import prediction_id
 from project.mammo.preprocess import MammoPreprocess, read_prepared, to_tensor
 
@@ -68,6 +69,32 @@ def load_prepared(root: str | Path) -> Scan:
     return scan
 
 
+# The training augmentation of a mammogram: the chest wall stays on the left (as prediction puts it), so
+# no horizontal flip; a vertical flip, a small affine and brightness/contrast; AugmentConfig fields.
+MAMMO_AUGMENT = {"hflip": 0.0, "vflip": 0.5, "affine": 0.5, "shift": 0.05, "scale": 0.1, "rotate": 10.0,
+                 "brightness_contrast": 0.5, "blur": 0.0, "coarse_dropout": 0.0, "clahe": 0.0}
+
+
+class Augment:
+    """Albumentations steps on a prepared 8- or 16-bit HxW image, with a stream reseeded per DataLoader worker."""
+
+    def __init__(self, config: AugmentConfig, seed: int = 0) -> None:
+        self.compose = build_augment(config)
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        if self.compose is not None:
+            self.compose.set_random_seed(seed)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return image if self.compose is None else self.compose(image=image)["image"]
+
+
+def mammo_augment(options: Mapping[str, float], seed: int = 0) -> Augment:
+    """:data:`MAMMO_AUGMENT` with `options` (AugmentConfig fields) overriding it."""
+    return Augment(AugmentConfig(**{**MAMMO_AUGMENT, **options}), seed)
+
+
 class MammoDataset(Dataset):
     """(normalised one-channel image [1, H, W], target) per sample; `augment` acts on the HxW array."""
 
@@ -77,6 +104,11 @@ class MammoDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def reseed(self, seed: int) -> None:
+        """A DataLoader worker's own augmentation stream (project.runtime.init_worker)."""
+        if hasattr(self.augment, "reseed"):
+            self.augment.reseed(seed)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
