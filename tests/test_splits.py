@@ -40,6 +40,17 @@ def test_official_folds_are_used_as_given() -> None:
         assert {samples[i].fold for i in val} == {number}
 
 
+def test_samples_without_a_fold_always_train_beside_official_folds() -> None:
+    official = _samples(40, groups=True, folds=True)
+    merged = [Sample(path=Path(f"extra{i}.png"), label=None, allowed=(2, 3)) for i in range(10)]
+    samples = official + merged
+    splits = kfold_indices(samples, 4)
+    assert len(splits) == 4
+    for number, (train, val) in enumerate(splits, start=1):
+        assert {samples[i].fold for i in val} == {number}
+        assert set(range(40, 50)) <= set(train.tolist())
+
+
 def test_train_val_split_fraction_and_determinism() -> None:
     samples = _samples(100)
     train, val = train_val_indices(samples, 0.2, seed=3)

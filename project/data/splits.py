@@ -11,9 +11,11 @@ from project.data.layout import Sample
 
 
 def stratification_key(sample: Sample) -> str:
-    """Class for classification samples, the pattern of feature values otherwise."""
+    """Class (or coarse label) for classification samples, the pattern of feature values otherwise."""
     if sample.label is not None:
         return str(sample.label)
+    if sample.allowed is not None:
+        return "|".join(map(str, sample.allowed))
     return "".join("?" if v is None else str(v) for v in sample.features.values())
 
 
@@ -22,17 +24,18 @@ def kfold_indices(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, validation) index arrays for each of k folds.
 
-    When every sample carries an official fold number, those folds are used as they
-    are (fold i of the result validates on the i-th smallest fold number). Otherwise
-    folds are stratified, and grouped by `Sample.group` when any sample has one, so one
-    patient never lands on both sides.
+    When the samples carry k official fold numbers, those folds are used as they are (fold i
+    of the result validates on the i-th smallest fold number); a sample without a fold number
+    then always trains (e.g. a second dataset merged in to help the first). Otherwise folds
+    are stratified, and grouped by `Sample.group` when any sample has one, so one patient
+    never lands on both sides.
     """
     if k < 2:
         raise ValueError(f"k must be at least 2, got {k}")
-    folds = [s.fold for s in samples]
-    if all(f is not None for f in folds) and len(set(folds)) == k:
-        fold_ids = np.asarray(folds)
-        return [(np.flatnonzero(fold_ids != f), np.flatnonzero(fold_ids == f)) for f in sorted(set(folds))]
+    official = sorted({s.fold for s in samples if s.fold is not None})
+    if len(official) == k:
+        fold_ids = np.asarray([-1 if s.fold is None else s.fold for s in samples])
+        return [(np.flatnonzero(fold_ids != f), np.flatnonzero(fold_ids == f)) for f in official]
     keys = [stratification_key(s) for s in samples]
     index = np.zeros(len(samples))
     if any(s.group is not None for s in samples):

@@ -1,4 +1,4 @@
-"""The BI-RADS classifier's task ('cla'): one class per image, the challenge's cla score, cla_pre.csv."""
+"""The BI-RADS classifier's task ('cla'): one class per image (or a coarse set of them), the cla score, cla_pre.csv."""
 
 from __future__ import annotations
 
@@ -16,19 +16,26 @@ from project.data.classes import first_malignant_class
 from project.data.layout import Sample, Scan, load_split
 from project.data.samplers import OversamplingSampler, class_draw_weights
 from project.data.submission import CLA_FILE, write_cla_csv
-from project.losses import ClassificationLoss, inverse_frequency_weights
+from project.losses import ClassificationLoss, PartialLabelLoss, allowed_mask, inverse_frequency_weights
 from project.metrics import classification_report
 from project.tasks.base import BatchTransform, Evaluation, Task, register_task
 
 
 @register_task
 class ClassificationTask(Task):
-    """Single-label classification over the dataset's class list; judged by the challenge's cla score."""
+    """Single-label classification over the dataset's class list; judged by the challenge's cla score.
+
+    Training data may mix fine labels with coarse ones (dataset.yaml `coarse_labels`, e.g. BUS-BRA's
+    "4" beside BrEaST's 4A/4B/4C). Such a run is partial-label: targets are masks of the allowed
+    classes and the loss scores the summed probability of a coarse label's classes, so the coarse
+    images teach everything but the split inside their set.
+    """
 
     name = "cla"
     title = "BI-RADS classifier (MyConvNeXt) on a dataset in the challenge layout"
     default_model = "convnext_tiny"
     default_lr = 4e-4
+    partial = False  # set by configure when a training sample carries a coarse label
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -46,16 +53,27 @@ class ClassificationTask(Task):
     @classmethod
     def load(cls, root: Path, split: str = "train") -> tuple[Scan, list[str]]:
         scan, config = load_split(root, split, "cla")
-        labelled = [s for s in scan.samples if s.label is not None]
+        labelled = [s for s in scan.samples if s.label is not None or s.allowed is not None]
         return Scan(labelled, scan.problems), list(config.classes)
 
     def label_columns(self, sample: Sample) -> dict[str, str]:
+        """The class, or a coarse label's classes joined by '|' ('4A|4B|4C')."""
+        if sample.label is None:
+            return {"label": "|".join(self.labels[i] for i in sample.allowed)}
         return {"label": self.labels[sample.label]}
 
     def truth_from_columns(self, row: Mapping[str, str]) -> dict:
-        if row["label"] not in self.labels:
-            raise ValueError(f"class {row['label']!r} is not one of {self.labels}")
-        return {"label": self.labels.index(row["label"])}
+        names = row["label"].split("|")
+        unknown = [name for name in names if name not in self.labels]
+        if unknown:
+            raise ValueError(f"class {unknown[0]!r} is not one of {self.labels}")
+        indices = tuple(self.labels.index(name) for name in names)
+        return {"label": indices[0]} if len(indices) == 1 else {"label": None, "allowed": indices}
+
+    def configure(self, args: argparse.Namespace, train: Sequence[Sample]) -> None:
+        self.partial = any(s.label is None for s in train)
+        if self.partial and args.mixup > 0:
+            raise SystemExit("--mixup cannot mix coarse labels (dataset.yaml coarse_labels); leave it at 0")
 
     def model_spec(self, args: argparse.Namespace) -> tuple[str, dict]:
         """ConvNeXt names get MyConvNeXt, my_efficientnet the same regularisation on an EfficientNet
@@ -70,8 +88,10 @@ class ClassificationTask(Task):
         return args.model, {"num_classes": len(self.labels), **args.model_kwargs}
 
     def loss(self, args: argparse.Namespace, train: Sequence[Sample]) -> nn.Module:
-        labels = [s.label for s in train]
+        labels = [s.label for s in train if s.label is not None]
         class_weights = inverse_frequency_weights(labels, len(self.labels)) if args.weighted_loss else None
+        if self.partial:
+            return PartialLabelLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
         return ClassificationLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
 
     def train_sampler(
@@ -79,8 +99,15 @@ class ClassificationTask(Task):
     ) -> OversamplingSampler | None:
         if not args.oversample:
             return None
-        weights = class_draw_weights([s.label for s in train], len(self.labels), args.class_weights)
-        return OversamplingSampler(weights, seed=args.seed, rank=rank, world_size=world_size)
+        return OversamplingSampler(self._draw_weights(train, args.class_weights), seed=args.seed, rank=rank,
+                                   world_size=world_size)
+
+    def _draw_weights(self, train: Sequence[Sample], class_weights: Sequence[float] | None) -> np.ndarray:
+        """Per-sample draw weights balancing the classes; each coarse label is drawn as one more class."""
+        coarse = sorted({s.allowed for s in train if s.label is None})
+        keys = [s.label if s.label is not None else len(self.labels) + coarse.index(s.allowed) for s in train]
+        rates = None if class_weights is None else [*class_weights, *[1.0] * len(coarse)]
+        return class_draw_weights(keys, len(self.labels) + len(coarse), rates)
 
     def batch_transform(self, args: argparse.Namespace) -> BatchTransform | None:
         if args.mixup <= 0:
@@ -88,18 +115,31 @@ class ClassificationTask(Task):
         return Mixup(mixup_alpha=args.mixup, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(self.labels))
 
     def target(self, sample: Sample) -> torch.Tensor:
-        return torch.tensor(sample.label, dtype=torch.long)
+        """The class index; in a partial-label run, the mask of the classes the label allows."""
+        if not self.partial:
+            return torch.tensor(sample.label, dtype=torch.long)
+        allowed = (sample.label,) if sample.label is not None else sample.allowed
+        return allowed_mask([allowed], len(self.labels))[0]
 
     def mix(self, target: torch.Tensor, other: torch.Tensor, share: float) -> torch.Tensor:
         """The label that covers most of the image."""
         return other if share > 0.5 else target
 
     def evaluate(self, logits: torch.Tensor, targets: torch.Tensor, samples: Sequence[Sample]) -> Evaluation:
-        y_true = targets.numpy()
+        """The cla score over the fine labels; a coarse label counts as right (coarse_accuracy) inside its set."""
         y_pred = logits.argmax(dim=1).numpy()
+        coarse_metrics = {}
+        if targets.dim() == 2:
+            masks = targets.numpy().astype(bool)
+            fine = masks.sum(axis=1) == 1
+            if (~fine).any():
+                coarse_metrics["coarse_accuracy"] = float(masks[~fine][np.arange((~fine).sum()), y_pred[~fine]].mean())
+            y_true, y_pred = masks[fine].argmax(axis=1), y_pred[fine]
+        else:
+            y_true = targets.numpy()
         report = classification_report(y_true, y_pred, self.labels)
         metrics = {"score": report["score"], "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-                   "kappa": report["kappa"] if report["kappa"] is not None else 0.0}
+                   "kappa": report["kappa"] if report["kappa"] is not None else 0.0, **coarse_metrics}
         return Evaluation(
             metrics=metrics,
             confusion={"BI-RADS": np.asarray(report["confusion_matrix"])},

@@ -1,0 +1,104 @@
+"""Training across label granularities: merging a coarse dataset in, partial-label targets, loss, sampler, metrics."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import write_image, write_label
+
+from project.adapters.merge import main as merge_main
+from project.data.layout import Sample, load_split
+from project.losses import ClassificationLoss, PartialLabelLoss
+from project.tasks import create_task
+from project.training import run
+
+FINE = ["2", "4A", "4B"]
+
+
+def _dataset(root: Path, classes: list[str], per_class: int, folds: bool, seed: int) -> Path:
+    (root / "train" / "cla").mkdir(parents=True)
+    rows = ["image,patient,fold"]
+    for class_id, name in enumerate(classes, start=1):
+        for i in range(per_class):
+            stem = f"{root.name}_{name}_{i}"
+            write_image(root / "train" / "cla" / f"{name}类" / "images" / f"{stem}.png", seed + 10 * class_id + i)
+            write_label(root / "train" / "cla" / f"{name}类" / "labels" / f"{stem}.txt", f"{class_id} 0.5 0.5 0.4 0.4")
+            rows.append(f"{stem}.png,{i},{i % 2 + 1 if folds else ''}")
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    config = {"classes": classes, "metadata": "metadata.csv", "group_column": "patient", "fold_column": "fold"}
+    (root / "dataset.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+@pytest.fixture
+def merged(tmp_path: Path) -> Path:
+    primary = _dataset(tmp_path / "fine", FINE, per_class=4, folds=True, seed=0)
+    extra = _dataset(tmp_path / "coarse", ["2", "4"], per_class=6, folds=False, seed=100)
+    out = tmp_path / "merged"
+    assert merge_main(["--primary", str(primary), "--extra", str(extra), "--out", str(out)]) == 0
+    return out
+
+
+def test_merging_declares_the_coarse_label_and_keeps_the_primary_folds(merged: Path) -> None:
+    config = yaml.safe_load((merged / "dataset.yaml").read_text())
+    assert config["classes"] == FINE and config["coarse_labels"] == {"4": ["4A", "4B"]}
+    assert (merged / "train" / "cla" / "2类" / "labels" / "coarse_2_0.txt").read_text().startswith("1 ")
+
+    scan, _ = load_split(merged)
+    coarse = [s for s in scan.samples if s.label is None]
+    assert len(coarse) == 6 and all(s.allowed == (1, 2) for s in coarse)
+    assert all(s.fold is None and s.group.startswith("coarse:") for s in scan.samples if "coarse" in s.path.name)
+    assert {s.fold for s in scan.samples if "fine" in s.path.name} == {1, 2}
+    assert not scan.problems
+
+
+def _task(samples: list[Sample]):
+    task = create_task("cla", FINE)
+    task.configure(argparse.Namespace(mixup=0.0), samples)
+    return task
+
+
+def test_a_coarse_sample_makes_the_run_partial_label() -> None:
+    fine, coarse = Sample(Path("a.png"), label=0), Sample(Path("b.png"), label=None, allowed=(1, 2))
+    task = _task([fine, coarse])
+
+    assert task.partial
+    assert task.target(fine).tolist() == [True, False, False] and task.target(coarse).tolist() == [False, True, True]
+    loss = task.loss(argparse.Namespace(weighted_loss=False, label_smoothing=0.1), [fine, coarse])
+    assert isinstance(loss, PartialLabelLoss)
+    assert task.truth_from_columns(task.label_columns(coarse)) == {"label": None, "allowed": (1, 2)}
+    assert not _task([fine]).partial
+    assert isinstance(_task([fine]).loss(argparse.Namespace(weighted_loss=False, label_smoothing=0.1), [fine]),
+                      ClassificationLoss)
+
+
+def test_each_coarse_label_is_drawn_as_one_more_class() -> None:
+    samples = [Sample(Path(f"{i}"), label=0) for i in range(2)] + [
+        Sample(Path(f"c{i}"), label=None, allowed=(1, 2)) for i in range(8)]
+    weights = _task(samples)._draw_weights(samples, None)
+    assert weights[:2].sum() == pytest.approx(weights[2:].sum())
+
+
+def test_evaluation_scores_fine_labels_and_counts_coarse_ones_inside_their_set() -> None:
+    task = _task([Sample(Path("c"), label=None, allowed=(1, 2))])
+    targets = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 1], [0, 1, 1]], dtype=torch.bool)
+    logits = torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 0, 5.0], [5.0, 0, 0]])
+
+    metrics = task.evaluate(logits, targets, []).metrics
+
+    assert metrics["accuracy"] == pytest.approx(0.5)  # the two fine rows: one right
+    assert metrics["coarse_accuracy"] == pytest.approx(0.5)  # 4B is inside {4A, 4B}, 2 is not
+
+
+def test_a_partial_label_run_trains_and_validates_on_the_primary_folds(merged: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run(["--data", str(merged), "--out", str(out), "--model", "resnet10t", "--img-size", "32", "--epochs", "1",
+         "--batch-size", "8", "--folds", "2", "--fold", "0", "--oversample", "--no-augment"], "cla")
+
+    validation = np.loadtxt(out / "val.csv", dtype=str, delimiter=",", skiprows=1, usecols=0, ndmin=1)
+    assert len(validation) == 6 and all("fine" in name for name in validation)
