@@ -49,7 +49,7 @@ REQUIRED_COLUMNS = (
 )
 PATHOLOGIES = frozenset({"benign", "malignant"})
 MASK_THRESHOLD = 127
-# Challenge feature (1 = the suspicious finding, DESIGN.md §3) <- spreadsheet column and the value
+# Challenge feature (1 = the suspicious finding, as in the phantom) <- spreadsheet column and the value
 # before any " - " sub-type; None = unknown (no label file). Direction has no column: unknown for all.
 FEATURES: dict[str, tuple[str, dict[str, int | None]]] = {
     "boundary": ("Margin", {"circumscribed": 0, "not circumscribed": 1}),

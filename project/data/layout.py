@@ -1,4 +1,4 @@
-"""The challenge folder layout (DESIGN.md §3) read into typed records, with the problems found."""
+"""The challenge folder layout (train/cla/<class>/images|labels, train/fea, testB) read into typed records."""
 
 from __future__ import annotations
 
@@ -303,7 +303,7 @@ def _read_feature_label(label_file: Path, task: str, sample: Sample, scan: Scan)
     if not values <= {0, 1}:
         scan.problems.append(Problem(label_file, "bad label file", f"feature values {sorted(values)} not in {{0, 1}}"))
         return
-    # Lines that disagree mean the feature is present somewhere (DESIGN.md §3).
+    # Lines that disagree mean the feature is present somewhere (the challenge's convention).
     sample.features[task] = max(values)
     if sample.box is None:
         _take_box(sample, entries[0][1], label_file, scan)
@@ -333,7 +333,7 @@ def find_split(root: Path, split: str = "train") -> Path:
     for candidate in (root / split, root):
         if (candidate / "cla").is_dir() or (candidate / "fea").is_dir():
             return candidate
-    raise NotADataset(f"{root}: no {split}/cla, {split}/fea, cla/ or fea/ folder (see DESIGN.md §3)")
+    raise NotADataset(f"{root}: no {split}/cla, {split}/fea, cla/ or fea/ folder (see the README, 'Your own data')")
 
 
 def load_split(root: Path, split: str = "train", task: str = "cla") -> tuple[Scan, DatasetConfig]:
