@@ -13,6 +13,8 @@ import torch
 from project.data.layout import Sample
 from project.data.samplers import OversamplingSampler
 from project.mammo import prepare
+from project.mammo.cv import Breasts, fold_row
+from project.mammo.cv import main as cv_main
 from project.mammo.data import mammo_augment
 from project.mammo.metrics import aggregate
 from project.mammo.phantom import generate
@@ -53,13 +55,20 @@ def _args(**overrides: object) -> argparse.Namespace:
     return argparse.Namespace(**{**defaults, **overrides})
 
 
-def test_phantom_dicoms_train_into_a_checkpoint_that_predicts_a_submission(
-    phantom: tuple[Path, Path], tmp_path: Path
-) -> None:
-    dicoms, prepared = phantom
-    run = tmp_path / "run"
-    best = train_main(["--data", str(prepared), "--out", str(run), "--model", "resnet10t", "--epochs", "2",
+@pytest.fixture(scope="module")
+def trained(phantom: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
+    """A run folder trained on the prepared phantom, and its best epoch's metrics."""
+    run = tmp_path_factory.mktemp("mammo_run") / "run"
+    best = train_main(["--data", str(phantom[1]), "--out", str(run), "--model", "resnet10t", "--epochs", "2",
                        "--batch-size", "4", "--negative-fraction", "0.5", "--aggregate", "max"])
+    return run, best
+
+
+def test_phantom_dicoms_train_into_a_checkpoint_that_predicts_a_submission(
+    phantom: tuple[Path, Path], trained: tuple[Path, dict[str, float]], tmp_path: Path
+) -> None:
+    dicoms, _ = phantom
+    run, best = trained
     config = read_config(run / "best.safetensors")
     assert (config.task, config.labels, config.model_kwargs) == ("mammo", ["cancer"], {"in_chans": 1, "num_classes": 1})
     assert config.preprocess["size"] == list(SIZE) and config.preprocess["aggregate"] == "max"
@@ -82,6 +91,29 @@ def test_phantom_dicoms_train_into_a_checkpoint_that_predicts_a_submission(
     breasts = list(dict.fromkeys(f"{r['patient_id']}_{r['laterality']}" for r in _csv(dicoms / "train.csv")))
     assert [r["prediction_id"] for r in rows] == breasts
     assert {r["cancer"] for r in rows} <= {"0", "1"}
+
+
+def test_the_cross_validation_table_repeats_the_engines_validation(
+    trained: tuple[Path, dict[str, float]], tmp_path: Path
+) -> None:
+    run, _ = trained
+    assert cv_main(["--cv", str(run), "--out", str(tmp_path)]) == 0
+    (row,) = _csv(tmp_path / "folds.csv")
+    metrics = read_config(run / "best.safetensors").metrics
+    assert int(row["breasts"]) == metrics["breasts"] and int(row["positives"]) == metrics["positives"]
+    assert float(row["pf1"]) == pytest.approx(metrics["pf1"], abs=1e-4)
+    assert float(row["pf1_binarised_val_tuned"]) == pytest.approx(metrics["pf1_binarised"], abs=1e-4)
+    assert "| 1 |" in (tmp_path / "cv.md").read_text()
+
+
+def test_the_fold_threshold_comes_from_the_training_breasts() -> None:
+    train = Breasts(["a", "b", "c", "d"], np.array([1, 1, 0, 0]), np.array([0.9, 0.8, 0.7, 0.2]))
+    val = Breasts(["e", "f", "g"], np.array([1, 0, 0]), np.array([0.6, 0.4, 0.1]))
+    row = fold_row("f0", train, val)
+    assert 0.7 < row["threshold"] <= 0.8  # every training breast right, the validation cancer (0.6) missed
+    assert row["pf1_binarised"] == 0.0
+    assert row["pf1_binarised_val_tuned"] == 1.0 and 0.4 < row["val_tuned_threshold"] <= 0.6
+    assert row["auc"] == 1.0 and row["train_auc"] == 1.0 and (row["breasts"], row["positives"]) == (3, 1)
 
 
 def test_a_folder_that_was_not_prepared_is_one_line(tmp_path: Path) -> None:
