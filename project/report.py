@@ -395,8 +395,23 @@ def summarise_folds(metrics_by_fold: Mapping[str, Mapping]) -> list[dict]:
     return rows + [mean, sd]
 
 
-def format_cv_table(rows: Sequence[Mapping]) -> str:
-    """Markdown table: the folds, then mean ± sd."""
+def baselines(metrics: Mapping) -> dict[str, dict[str, float]]:
+    """Accuracy and macro-F1 of two label-blind predictors on one fold, from its class counts.
+
+    'majority': always the fold's most frequent class (F1 2π/(1+π) for it, 0 for the others);
+    'chance': a uniform guess among K classes, in expectation (accuracy 1/K, class F1 2π/(Kπ+1)).
+    """
+    support = np.array([row["support"] for row in metrics["cla"]["per_class"].values()], dtype=float)
+    share, k = support / support.sum(), len(support)
+    top = share.max()
+    return {
+        "majority": {"accuracy": float(top), "macro_f1": float(2 * top / (1 + top) / k)},
+        "chance": {"accuracy": 1 / k, "macro_f1": float(np.mean(2 * share / (k * share + 1)))},
+    }
+
+
+def format_cv_table(rows: Sequence[Mapping], metrics_by_fold: Mapping[str, Mapping] | None = None) -> str:
+    """Markdown table: the folds, then mean ± sd, then the label-blind baselines (mean over the folds)."""
     folds, mean, sd = rows[:-2], rows[-2], rows[-1]
     lines = ["| fold | images | " + " | ".join(CV_COLUMNS.values()) + " |",
              "|---|---:|" + "---:|" * len(CV_COLUMNS)]
@@ -404,6 +419,12 @@ def format_cv_table(rows: Sequence[Mapping]) -> str:
         lines.append(f"| {row['fold']} | {row['n']} | " + " | ".join(_fmt(row[c]) for c in CV_COLUMNS) + " |")
     cells = [f"{_fmt(mean[c])} ± {_fmt(sd[c])}" if mean[c] is not None else "n/a" for c in CV_COLUMNS]
     lines.append(f"| **mean ± sd** | {mean['n']} | " + " | ".join(cells) + " |")
+    blind = (("majority", "always the fold's majority class"), ("chance", "uniform guess, expected"))
+    for name, what in blind if metrics_by_fold else ():
+        figures = [baselines(m)[name] for m in metrics_by_fold.values()]
+        values = {c: _fmt(float(np.mean([f[c] for f in figures]))) for c in ("macro_f1", "accuracy")}
+        cells = [values.get(c, "0" if c == "kappa" else "0.5") for c in CV_COLUMNS]
+        lines.append(f"| {what} | {mean['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -415,7 +436,7 @@ def cross_validation_report(runs: Sequence[Path], out: Path, data: Path | None =
     out = Path(out)
     metrics = {name: build_report(Path(run), out / name, data, **options) for name, run in zip(names, runs)}
     rows = summarise_folds(metrics)
-    table = format_cv_table(rows)
+    table = format_cv_table(rows, metrics)
     atomic_write_text(out / "cv.md", table)
     columns = ["fold", "n", *CV_COLUMNS]
     atomic_write_csv(out / "cv.csv", columns, [[r[c] for c in columns] for r in rows])
@@ -449,7 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "cam_cases": args.cam_cases}
     try:
         if args.cv:
-            print(format_cv_table(cross_validation_report(args.cv, args.out, args.data, **options)), end="")
+            cross_validation_report(args.cv, args.out, args.data, **options)
+            print((args.out / "cv.md").read_text(encoding="utf-8"), end="")
         else:
             metrics = build_report(args.run, args.out, args.data, **options)
             print(f"{args.out / 'index.html'}: accuracy {metrics['cla']['accuracy']:.4f}, "

@@ -20,6 +20,7 @@ from project.models.convnext import build_my_convnext
 from project.report import (
     ReportError,
     Validation,
+    baselines,
     build_report,
     calibration,
     format_cv_table,
@@ -166,3 +167,11 @@ def test_gradcam_layer_for_myconvnext_and_timm_fallback() -> None:
 def test_missing_run_files_are_named(tmp_path: Path, capsys) -> None:
     assert main(["--run", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert f"{tmp_path / 'args.yaml'}: not found" in capsys.readouterr().err
+
+
+def test_label_blind_baselines_from_the_class_counts() -> None:
+    metrics = {"cla": {"per_class": {"2": {"support": 2}, "3": {"support": 6}, "4": {"support": 2}}}}
+    result = baselines(metrics)
+    assert result["majority"] == pytest.approx({"accuracy": 0.6, "macro_f1": 2 * 0.6 / 1.6 / 3})
+    assert result["chance"]["accuracy"] == pytest.approx(1 / 3)
+    assert result["chance"]["macro_f1"] == pytest.approx((0.4 / 1.6 * 2 + 1.2 / 2.8) / 3)
