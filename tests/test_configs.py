@@ -1,0 +1,22 @@
+"""Every recipe in configs/ parses with the trainer it is written for: no unknown or misspelt key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from project.config import parse_with_config
+from project.training import build_parser
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def _task(config: Path) -> str:
+    return "mammo" if "mammo" in config.stem else "fea" if "fea" in config.stem else "cla"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_the_recipe_parses_with_its_trainer(config: Path) -> None:
+    args = parse_with_config(build_parser(_task(config)), ["--config", str(config), "--data", "d", "--out", "o"])
+    assert args.config == config and args.epochs > 0
