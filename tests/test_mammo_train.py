@@ -21,12 +21,14 @@ from project.mammo.phantom import generate
 from project.mammo.predict import main as predict_main
 from project.mammo.sampling import NegativeDownsampler
 from project.mammo.train import main as train_main
-from project.models.checkpoint import read_config
+from project.models.checkpoint import CheckpointConfig, load_checkpoint, read_config, save_checkpoint
 from project.models.factory import create_model
+from project.models.whole_image import main as convert_main
 from project.tasks import MammoTask, create_task
 from project.tasks.mammo import CancerLoss, Judging, breast_positive_rate, mammo_preprocess
 
 SIZE = (64, 32)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -114,6 +116,27 @@ def test_the_fold_threshold_comes_from_the_training_breasts() -> None:
     assert row["pf1_binarised"] == 0.0
     assert row["pf1_binarised_val_tuned"] == 1.0 and 0.4 < row["val_tuned_threshold"] <= 0.6
     assert row["auc"] == 1.0 and row["train_auc"] == 1.0 and (row["breasts"], row["positives"]) == (3, 1)
+
+
+def test_the_whole_image_recipe_trains_head_first_from_a_converted_patch_classifier(
+    phantom: tuple[Path, Path], tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    patch_kwargs = {"in_chans": 1, "num_classes": 3}
+    save_checkpoint(tmp_path / "patch.safetensors", create_model("resnet10t", **patch_kwargs),
+                    CheckpointConfig("patch", "resnet10t", patch_kwargs, ["background", "benign", "malignant"], {}))
+    assert convert_main(["--patch", str(tmp_path / "patch.safetensors"), "--out", str(tmp_path / "w.safetensors")]) == 0
+    run = tmp_path / "run"
+    train_main(["--config", str(ROOT / "configs" / "mammo_whole_image_cpu.yaml"), "--data", str(phantom[1]),
+                "--out", str(run), "--init-weights", str(tmp_path / "w.safetensors"), "--batch-size", "4",
+                "--negative-fraction", "0.5", "--stages",
+                '[{"epochs": 1, "lr": 0.001, "train": ["head"]}, {"epochs": 1, "lr": 0.0001, "train": "all"}]'])
+    config = read_config(run / "best.safetensors")
+    assert (config.model_name, config.model_kwargs["backbone"], config.epoch) == ("whole_image", "resnet10t", 2)
+    start, _ = load_checkpoint(tmp_path / "w.safetensors")
+    trained, _ = load_checkpoint(run / "best.safetensors")
+    assert not torch.equal(start.backbone.conv1[0].weight, trained.backbone.conv1[0].weight)  # stage 2 trained all
+    assert len(_csv(run / "summary.csv")) == 2
 
 
 def test_a_folder_that_was_not_prepared_is_one_line(tmp_path: Path) -> None:
