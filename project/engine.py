@@ -143,6 +143,7 @@ class Trainer:
         self.dtype = autocast_dtype(config.amp, self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
+        self.criterion = criterion.to(self.device)  # class weights and other buffers live with the logits
         self.ddp = DistributedDataParallel(self.model) if self.world_size > 1 else None
         self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True) if config.ema_decay > 0 else None
         if train_sampler is None and self.world_size > 1:

@@ -111,7 +111,7 @@ def make_loader(
         shuffle=train and sampler is None,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
-        drop_last=train and len(dataset) > batch_size,
+        drop_last=train and len(sampler if sampler is not None else dataset) > batch_size,
         persistent_workers=persistent and workers > 0,
         worker_init_fn=init_worker,
         collate_fn=collate_fn,

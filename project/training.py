@@ -25,7 +25,7 @@ from project.engine import EngineConfig, Stage, Trainer
 from project.models.checkpoint import CheckpointConfig
 from project.models.factory import PretrainedWeightsUnavailable, create_model, load_init_weights
 from project.runfolder import ARGS_FILE, VALIDATION_FILE, write_validation_split
-from project.runtime import default_workers, init_distributed, is_main_process, resolve_device
+from project.runtime import default_workers, init_distributed, is_main_process, resolve_device, seed_everything
 from project.tasks import Task, task_class
 from project.tasks.base import BatchTransform, TaskDatasets
 
@@ -212,6 +212,7 @@ def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int 
     train_samples, val_samples = split_samples(samples, args)
     task.configure(args, train_samples)
     model_name, kwargs = task.model_spec(args)
+    seed_everything(args.seed + rank, args.deterministic)  # a new head's (or a scratch model's) initial weights
     model = _build_model(args, model_name, kwargs)
     data = (task.datasets(args, train_samples, val_samples, model)
             or _lesion_datasets(args, task, train_samples, val_samples, model))

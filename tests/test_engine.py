@@ -13,7 +13,7 @@ import torch
 
 from project.models.checkpoint import CheckpointConfig, CheckpointError, load_checkpoint, read_config, save_checkpoint
 from project.models.factory import create_model
-from project.runtime import ShardSampler, unshard
+from project.runtime import ShardSampler, make_loader, unshard
 from project.training import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,3 +134,10 @@ def test_two_process_gloo_ddp_run_writes_one_checkpoint(phantom_small: Path, tmp
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["best.safetensors"]
     assert len(_summary(out)) == 2
+
+
+def test_a_sampler_drawing_less_than_a_batch_still_gives_a_training_step() -> None:
+    dataset = torch.utils.data.TensorDataset(torch.arange(100))
+    few = torch.utils.data.SubsetRandomSampler(range(3))
+    assert len(make_loader(dataset, 8, 0, sampler=few, train=True)) == 1
+    assert len(make_loader(dataset, 8, 0, train=True)) == 100 // 8

@@ -18,7 +18,7 @@ benign or malignant: the worst finding) and ``findings``; ``DIR/lesions.csv`` on
 with its centre and radius in output pixels (empty where the source gives no location).
 
 Dataset (research use only; cite it wherever results on it are shown): J. Suckling et al., "The
-Mammographic MiasImage Analysis Society Digital Mammogram Database", Excerpta Medica, International
+Mammographic Image Analysis Society Digital Mammogram Database", Excerpta Medica, International
 Congress Series 1069, pp. 375-378, 1994.
 """
 
@@ -53,7 +53,7 @@ EXTRA_COLUMNS = ("fold", "tissue", "pathology", "findings")
 LESION_COLUMNS = ("image", "patient", "laterality", "fold", "class", "severity", "cancer", "x", "y", "radius")
 NOTE = re.compile(r"^\*NOTE \d+\*$")  # "*NOTE 3*": calcifications spread over the breast, no location
 CITATION = (
-    'J. Suckling et al., "The Mammographic MiasImage Analysis Society Digital Mammogram Database", '
+    'J. Suckling et al., "The Mammographic Image Analysis Society Digital Mammogram Database", '
     "Excerpta Medica, International Congress Series 1069, pp. 375-378, 1994."
 )
 
