@@ -29,6 +29,7 @@ from project.adapters.common import (
     dataset_yaml,
     image_size,
     place_image,
+    run_conversion,
     yolo_box,
 )
 from project.data.classes import BIRADS_CLASSES
@@ -264,13 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
     add_link_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        summary = convert_breast(args.src, args.out, args.folds, args.seed, args.link)
-    except AdapterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary)
-    return 0
+    return run_conversion(lambda: convert_breast(args.src, args.out, args.folds, args.seed, args.link))
 
 
 if __name__ == "__main__":

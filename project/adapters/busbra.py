@@ -26,6 +26,7 @@ from project.adapters.common import (
     dataset_yaml,
     image_size,
     place_image,
+    run_conversion,
     yolo_box,
 )
 from project.data.layout import CONFIG_FILE, class_folder_name, label_line
@@ -195,13 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="new or empty output folder")
     add_link_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        summary = convert_busbra(args.src, args.out, args.link)
-    except BusbraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary)
-    return 0
+    return run_conversion(lambda: convert_busbra(args.src, args.out, args.link))
 
 
 if __name__ == "__main__":

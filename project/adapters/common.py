@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -85,3 +86,14 @@ def add_link_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--link", choices=LINK_MODES, default="symlink",
                         help="how images are placed (default symlink; copy where linking fails)")
     parser.add_argument("--copy", dest="link", action="store_const", const="copy", help="same as --link copy")
+
+
+def run_conversion(convert: Callable[[], object]) -> int:
+    """An adapter's exit status: print the conversion's summary (0) or its AdapterError (2)."""
+    try:
+        summary = convert()
+    except AdapterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from project.adapters.common import AdapterError, add_link_arguments, check_out, dataset_yaml, place_image
+from project.adapters.common import (
+    AdapterError,
+    add_link_arguments,
+    check_out,
+    dataset_yaml,
+    place_image,
+    run_conversion,
+)
 from project.data.classes import birads_number, normalise_class_name
 from project.data.layout import DatasetConfig, Sample, class_folder_name, label_line, load_split
 from project.fileio import atomic_write_text
@@ -59,8 +66,8 @@ def _metadata(root: Path, config: DatasetConfig, source: str, keep_folds: bool) 
     return table
 
 
-def merge(primary: Path, extra: Path, out: Path, link: str = "symlink") -> dict[str, int]:
-    """Write the merged dataset; returns the image count per merged folder."""
+def merge(primary: Path, extra: Path, out: Path, link: str = "symlink") -> str:
+    """Write the merged dataset; returns a line with the image count per merged folder."""
     check_out(out)
     (primary_scan, config), (extra_scan, extra_config) = load_split(primary), load_split(extra)
     folders = extra_folders(extra_config.classes, config.classes)
@@ -86,7 +93,7 @@ def merge(primary: Path, extra: Path, out: Path, link: str = "symlink") -> dict[
                    "metadata": "metadata.csv", "group_column": "patient", "fold_column": "fold"}
     header = f"{primary.name} with {extra.name} merged in by project.adapters.merge; cite both datasets."
     atomic_write_text(out / "dataset.yaml", dataset_yaml(yaml_config, header))
-    return counts
+    return f"{out}: " + ", ".join(f"{folder} {n}" for folder, n in counts.items())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,13 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="new, empty folder")
     add_link_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        counts = merge(args.primary, args.extra, args.out, args.link)
-    except AdapterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.out}: " + ", ".join(f"{folder} {n}" for folder, n in counts.items()))
-    return 0
+    return run_conversion(lambda: merge(args.primary, args.extra, args.out, args.link))
 
 
 if __name__ == "__main__":

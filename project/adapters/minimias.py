@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from project.adapters.common import AdapterError, check_out
+from project.adapters.common import AdapterError, check_out, run_conversion
 from project.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from project.mammo.prepare import MANIFEST_COLUMNS, Settings, encode_png, parse_size
 from project.mammo.preprocess import PREPARE_SETTINGS_FILE, map_point
@@ -304,14 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-clean", action="store_true", help="keep film labels inside the crop")
     parser.add_argument("--workers", type=int, default=2, help="image threads")
     args = parser.parse_args(argv)
-    try:
-        summary = convert_minimias(args.src, args.out, args.size, args.folds, args.seed, not args.no_clean,
-                                   workers=args.workers)
-    except AdapterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary)
-    return 0
+    return run_conversion(lambda: convert_minimias(args.src, args.out, args.size, args.folds, args.seed,
+                                                   not args.no_clean, workers=args.workers))
 
 
 if __name__ == "__main__":
