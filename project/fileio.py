@@ -10,6 +10,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
+def read_csv_rows(path: str | os.PathLike, required: Sequence[str], error: type[Exception]) -> list[dict[str, str]]:
+    """The rows of a CSV whose header holds every `required` column; else `error` naming the file."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise error(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
+        return list(reader)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old or the whole new file."""
     path = Path(path)

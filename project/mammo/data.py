@@ -11,7 +11,6 @@ prediction (:mod:`project.mammo.preprocess`), augmented in training by :func:`ma
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from torch.utils.data import Dataset
 
 from project.data.layout import Problem, Sample, Scan
 from project.data.transforms import AugmentConfig, build_augment
+from project.fileio import read_csv_rows
 from project.mammo.metrics import prediction_id
 from project.mammo.preprocess import MammoPreprocess, read_prepared, to_tensor
 
@@ -56,12 +56,7 @@ def load_prepared(root: str | Path) -> Scan:
     if not manifest.is_file():
         raise NotAPreparedFolder(f"{root}: no {MANIFEST_FILE}; prepare the images first "
                                  "(python -m project.mammo.prepare or an adapter)")
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise NotAPreparedFolder(f"{manifest}: missing column(s) {missing}")
-        rows = list(reader)
+    rows = read_csv_rows(manifest, REQUIRED_COLUMNS, NotAPreparedFolder)
     scan = Scan()
     for line, row in enumerate(rows, start=2):
         item = _sample(root, row, f"{manifest}:{line}")

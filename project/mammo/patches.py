@@ -19,7 +19,6 @@ Patches are written as ``DIR/patches/<image>_<k>.png`` and listed in ``DIR/patch
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from project.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from project.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_text, read_csv_rows
 from project.mammo.prepare import encode_png
 from project.mammo.roi import breast_mask
 
@@ -154,12 +153,7 @@ def extract_patches(image: np.ndarray, lesions: Sequence[Lesion], settings: Patc
 def _read_csv(path: Path, needed: Sequence[str]) -> list[dict[str, str]]:
     if not path.is_file():
         raise PatchDataError(f"{path}: not found")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in needed if c not in (reader.fieldnames or [])]
-        if missing:
-            raise PatchDataError(f"{path}: missing column(s) {missing}")
-        return list(reader)
+    return read_csv_rows(path, needed, PatchDataError)
 
 
 def _number(row: dict[str, str], column: str, where: str) -> float:

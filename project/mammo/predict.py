@@ -26,7 +26,6 @@ arguments, CSV or checkpoint.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from project.fileio import atomic_write_csv
+from project.fileio import atomic_write_csv, read_csv_rows
 from project.mammo.dicom import BACKENDS, DicomReader, DicomReadError
 from project.mammo.metrics import AGGREGATIONS, aggregate, prediction_id
 from project.mammo.preprocess import MammoPreprocess, dicom_image, to_tensor
@@ -101,12 +100,7 @@ class Prediction:
 def read_rows(csv_path: Path, dicom_dir: Path) -> list[ImageRow]:
     """The CSV's images; names the file and line of a row that cannot be used."""
     try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise UsageError(f"{csv_path}: missing column(s) {missing}; header is {reader.fieldnames}")
-            raw_rows = list(reader)
+        raw_rows = read_csv_rows(csv_path, REQUIRED_COLUMNS, UsageError)
     except OSError as exc:
         raise UsageError(f"{csv_path}: cannot read ({exc.strerror})") from None
     rows, seen = [], set()
