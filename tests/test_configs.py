@@ -13,7 +13,9 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 
 def _task(config: Path) -> str:
-    return "mammo" if "mammo" in config.stem else "fea" if "fea" in config.stem else "cla"
+    if "mammo" in config.stem:
+        return "mammo_patch" if "mammo_patch" in config.stem else "mammo"
+    return "fea" if "fea" in config.stem else "cla"
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])

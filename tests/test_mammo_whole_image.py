@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from timm.data import resolve_data_config
 
 from project.models.checkpoint import CheckpointConfig, CheckpointError, load_checkpoint, save_checkpoint
 from project.models.factory import create_model, param_groups
@@ -96,3 +97,11 @@ def test_is_a_module_of_its_own_type() -> None:
         build_whole_image("resnet10t", block="dense")
     with pytest.raises(ValueError, match="backbone name or a patch_checkpoint"):
         build_whole_image()
+
+
+def test_normalisation_is_the_backbones() -> None:
+    """The whole-image model is fed as its patch trunk was trained: timm's data config of the backbone."""
+    lite = resolve_data_config({}, model=build_whole_image("tf_efficientnet_lite0"))
+    resnet = resolve_data_config({}, model=build_whole_image("resnet10t"))
+    assert (lite["mean"], lite["std"]) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert resnet["mean"] == (0.485, 0.456, 0.406)

@@ -14,6 +14,8 @@ Images with a finding that has no location give no background (it could hold the
 Patches are written as ``DIR/patches/<image>_<k>.png`` and listed in ``DIR/patches.csv``
 (patch, image, patient, fold, label = background / benign / malignant, class, cancer, cx, cy);
 ``DIR/patches.json`` records the settings. Everything is deterministic for a seed.
+:func:`load_patches` reads such a folder back as layout records for the patch-classifier task
+(``project.tasks.mammo_patch``).
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from project.data.layout import Problem, Sample, Scan
 from project.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_text, read_csv_rows
 from project.mammo.prepare import encode_png
 from project.mammo.roi import breast_mask
 
 BACKGROUND = "background"
+PATCH_LABELS = (BACKGROUND, "benign", "malignant")
 PATCH_COLUMNS = ("patch", "image", "patient", "fold", "label", "class", "cancer", "cx", "cy")
+PATCH_TABLE, PATCH_SETTINGS_FILE = "patches.csv", "patches.json"
 MAX_TRIES_PER_PATCH = 50
 
 
@@ -210,9 +215,44 @@ def write_patches(data: str | os.PathLike, out: str | os.PathLike, settings: Pat
             rows.append([name, entry["image"], entry["patient"], entry.get("fold", ""), patch.label, patch.kind,
                          str(int(patch.label == "malignant")), str(patch.cx), str(patch.cy)])
             counts[patch.label] += 1
-    atomic_write_csv(out / "patches.csv", PATCH_COLUMNS, rows)
-    atomic_write_text(out / "patches.json", json.dumps({"data": str(data), **asdict(settings)}, indent=1) + "\n")
+    atomic_write_csv(out / PATCH_TABLE, PATCH_COLUMNS, rows)
+    atomic_write_text(out / PATCH_SETTINGS_FILE, json.dumps({"data": str(data), **asdict(settings)}, indent=1) + "\n")
     return counts
+
+
+def _patch_sample(root: Path, row: dict[str, str], where: str) -> Sample | Problem:
+    path = root / row["patch"]
+    if not path.is_file():
+        return Problem(path, "missing", f"listed in {where} but not found")
+    if row["label"] not in PATCH_LABELS:
+        return Problem(path, "label", f"{where}: label {row['label']!r} is not one of {PATCH_LABELS}")
+    fold = (row.get("fold") or "").strip()
+    if fold and not fold.isdigit():
+        return Problem(path, "fold", f"{where}: fold {fold!r} is not a whole number")
+    return Sample(path=path, label=PATCH_LABELS.index(row["label"]), group=row["patient"] or None,
+                  fold=int(fold) if fold else None, extra={"image": row["image"], "class": row.get("class") or ""})
+
+
+def load_patches(root: str | os.PathLike) -> Scan:
+    """The patches of a folder written by :func:`write_patches` (label index into PATCH_LABELS, the
+    patient as group, the image's fold), and the rows that cannot be used."""
+    root = Path(root)
+    table = root / PATCH_TABLE
+    rows = _read_csv(table, ["patch", "image", "patient", "label"])
+    scan = Scan()
+    for line, row in enumerate(rows, start=2):
+        item = _patch_sample(root, row, f"{table}:{line}")
+        (scan.problems if isinstance(item, Problem) else scan.samples).append(item)
+    return scan
+
+
+def patch_size(root: str | os.PathLike) -> int:
+    """The side of the patches of a folder written by :func:`write_patches` (its patches.json)."""
+    path = Path(root) / PATCH_SETTINGS_FILE
+    try:
+        return int(json.loads(path.read_text())["size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PatchDataError(f"{path}: cannot read the patch size ({exc})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,6 +64,8 @@ class WholeImageClassifier(nn.Module):
             raise ValueError(f"block must be one of {BLOCKS}, not {block!r}")
         channels = int(backbone.num_features)
         self.backbone = backbone
+        # the backbone's input normalisation (timm's data config reads it), which its patch training used
+        self.pretrained_cfg = dict(getattr(backbone, "pretrained_cfg", None) or {})
         if block == "resnet":
             planes = width or max(16, channels // 4)
             self.top, self.num_features = resnet_top(channels, planes), planes * Bottleneck.expansion

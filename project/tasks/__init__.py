@@ -1,4 +1,4 @@
-"""Tasks by name: the registry, ultrasound 'cla' (birads.py) and 'fea' (features.py), mammography 'mammo' (mammo.py)."""
+"""Tasks by name: the registry; ultrasound 'cla' and 'fea'; mammography 'mammo' and 'mammo_patch'."""
 
 from project.tasks.base import (
     TASKS,
@@ -13,6 +13,7 @@ from project.tasks.base import (
 from project.tasks.birads import ClassificationTask
 from project.tasks.features import FeatureTask
 from project.tasks.mammo import MammoTask
+from project.tasks.mammo_patch import PatchTask
 
-__all__ = ["TASKS", "ClassificationTask", "Evaluation", "FeatureTask", "MammoTask", "Task", "TaskDatasets",
+__all__ = ["TASKS", "ClassificationTask", "Evaluation", "FeatureTask", "MammoTask", "PatchTask", "Task", "TaskDatasets",
            "UnknownTask", "create_task", "register_task", "task_class"]
