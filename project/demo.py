@@ -17,7 +17,7 @@ from project.training import run as train
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 # Task name -> (the CPU recipe it trains with, the prefix run.py looks for in weights/).
-RECIPES = {"cla": ("cls_phantom_cpu.yaml", "cls"), "fea": ("fea_phantom_cpu.yaml", "fea")}
+RECIPES = {"cla": ("cls_phantom_lite0_cpu.yaml", "cls"), "fea": ("fea_phantom_cpu.yaml", "fea")}
 
 
 def _phantom(data: Path, n_train: int, n_test: int, size: int, seed: int) -> None:
