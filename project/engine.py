@@ -65,6 +65,7 @@ class EngineConfig:
     channels_last: bool = True
     grad_clip: float = 1.0
     ema_decay: float = 0.0
+    layer_decay: float = 1.0  # below 1: layer-wise learning-rate decay from the head down
     patience: int = 0
     select: str = "best"  # "last": the checkpoint holds the final epoch, no selection on the validation set
     seed: int = 0
@@ -93,12 +94,27 @@ def _trainable(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _optimizer(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    # Norm weights and biases (1-d tensors) are not decayed, as in timm's recipes.
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+def layer_lr_scales(model: nn.Module, layer_decay: float) -> dict[int, float]:
+    """Layer-wise learning-rate decay: id(parameter) -> layer_decay ** depth, where depth counts the
+    parameter groups of `param_groups` from the head (0) down to the stem; empty when decay is 1."""
+    if layer_decay >= 1.0:
+        return {}
+    return {id(p): layer_decay**depth for depth, params in enumerate(param_groups(model).values()) for p in params}
+
+
+def _optimizer(
+    params: list[nn.Parameter], lr: float, weight_decay: float, lr_scales: dict[int, float] | None = None
+) -> torch.optim.Optimizer:
+    """AdamW with one group per (weight decay, lr scale); timm's schedulers multiply a group's rate by
+    its `lr_scale`. Norm weights and biases (1-d tensors) are not decayed, as in timm's recipes. The
+    head's group (scale 1) comes first, so the logged rate is the head's."""
+    buckets: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for param in params:
+        key = ((lr_scales or {}).get(id(param), 1.0), weight_decay if param.ndim > 1 else 0.0)
+        buckets.setdefault(key, []).append(param)
+    groups = [{"params": group, "lr_scale": scale, "weight_decay": decay}
+              for (scale, decay), group in sorted(buckets.items(), key=lambda item: (-item[0][0], -item[0][1]))]
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def _scheduler(optimizer, config: EngineConfig, stage: Stage, steps_per_epoch: int) -> CosineLRScheduler:
@@ -183,7 +199,8 @@ class Trainer:
         """Fresh optimizer and schedule for a stage; called once per stage, not per epoch."""
         self.stage_index = index
         params = _trainable(self.model, stage)
-        self.optimizer = _optimizer(params, stage.lr, self.config.weight_decay)
+        scales = layer_lr_scales(self.model, self.config.layer_decay)
+        self.optimizer = _optimizer(params, stage.lr, self.config.weight_decay, scales)
         self.scheduler = _scheduler(self.optimizer, self.config, stage, len(self.train_loader))
 
     def fit(self) -> dict[str, float]:

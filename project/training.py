@@ -58,6 +58,9 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     add("--no-channels-last", dest="channels_last", action="store_false")
     add("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 switches clipping off")
     add("--ema-decay", type=float, default=0.0, help="EMA of weights (e.g. 0.999); 0 = off")
+    add("--layer-decay", type=float, default=1.0,
+        help="layer-wise lr decay: each parameter group below the head (stages, then stem) trains at this "
+             "multiple of the one above, e.g. 0.7; 1 = off")
     add("--patience", type=int, default=0, help="early stopping after this many epochs without a better score")
     add("--select", choices=("best", "last"), default="best",
         help="checkpoint of the best validation epoch, or of the last (unbiased figures for cross-validation)")
@@ -172,7 +175,8 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, restarts=args.restarts, amp=args.amp,
         channels_last=args.channels_last, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
-        patience=args.patience, select=args.select, seed=args.seed, deterministic=args.deterministic,
+        layer_decay=args.layer_decay, patience=args.patience, select=args.select, seed=args.seed,
+        deterministic=args.deterministic,
         workers=loader_workers(args),
         stages=[Stage(**stage) for stage in args.stages] if args.stages else None, device=args.device,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from project.engine import EngineConfig, Stage, _optimizer, _scheduler, layer_lr_scales
 from project.models.checkpoint import CheckpointConfig, CheckpointError, load_checkpoint, read_config, save_checkpoint
-from project.models.factory import create_model
+from project.models.factory import create_model, param_groups
 from project.runtime import ShardSampler, make_loader, unshard
 from project.training import run
 
@@ -141,3 +143,18 @@ def test_a_sampler_drawing_less_than_a_batch_still_gives_a_training_step() -> No
     few = torch.utils.data.SubsetRandomSampler(range(3))
     assert len(make_loader(dataset, 8, 0, sampler=few, train=True)) == 1
     assert len(make_loader(dataset, 8, 0, train=True)) == 100 // 8
+
+
+def test_layer_decay_scales_each_group_below_the_head() -> None:
+    model = create_model("resnet10t", num_classes=3)
+    depth = {id(p): d for d, params in enumerate(param_groups(model).values()) for p in params}
+    optimizer = _optimizer(list(model.parameters()), 1e-3, 0.05, layer_lr_scales(model, 0.5))
+    _scheduler(optimizer, EngineConfig(warmup_epochs=0), Stage(epochs=2, lr=1e-3), steps_per_epoch=10)
+    for group in optimizer.param_groups:
+        assert {depth[id(p)] for p in group["params"]} == {round(math.log(group["lr_scale"], 0.5))}
+        assert group["lr"] == pytest.approx(1e-3 * group["lr_scale"])
+        assert group["weight_decay"] == (0.05 if group["params"][0].ndim > 1 else 0.0)
+    assert optimizer.param_groups[0]["lr_scale"] == 1.0 and optimizer.param_groups[-1]["lr_scale"] == 0.5**5
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    plain = _optimizer(list(model.parameters()), 1e-3, 0.05, layer_lr_scales(model, 1.0))
+    assert [g["lr_scale"] for g in plain.param_groups] == [1.0, 1.0]  # off: decayed and not decayed only
