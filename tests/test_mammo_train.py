@@ -53,7 +53,8 @@ def _sample(breast: str, label: int) -> Sample:
 def _args(**overrides: object) -> argparse.Namespace:
     defaults = {"model": "resnet10t", "model_kwargs": {}, "oversample": False, "positive_share": 0.5,
                 "negative_fraction": 0.1, "seed": 0, "aggregate": "mean", "beta": 1.0, "score": "pf1_binarised",
-                "mean": None, "std": None, "size": None}
+                "mean": None, "std": None, "size": None, "aux_column": None, "aux_weight": 0.3, "pos_weight": 1.0,
+                "data": Path("d")}
     return argparse.Namespace(**{**defaults, **overrides})
 
 
@@ -216,3 +217,38 @@ def test_augmentation_keeps_the_chest_wall_on_the_left_and_reseeds() -> None:
     noisy.reseed(3)
     assert all(np.array_equal(a, noisy(image)) for a in first)
     assert all(a[:, :4].mean() > a[:, 12:].mean() for a in first)
+
+
+def test_an_auxiliary_head_learns_a_manifest_column_beside_the_cancer_logit() -> None:
+    task = create_task("mammo", ["cancer"])
+    train = [Sample(Path(f"{i}.png"), label=i % 2, extra={"prediction_id": f"{i}_L", "tissue": t})
+             for i, t in enumerate(["G", "F", "D", "G", ""])]
+    task.configure(_args(aux_column="tissue", aux_weight=0.5), train)
+    assert task.aux_classes == ["D", "F", "G"] and task.model_spec(_args())[1]["num_classes"] == 4
+    assert task.target(train[2]).tolist() == [0.0, 0.0] and task.target(train[4]).tolist() == [0.0, -1.0]
+    logits = torch.tensor([[0.5, 2.0, 0.0, 0.0], [-1.0, 0.0, 3.0, 0.0]])
+    targets = torch.stack([task.target(train[1]), task.target(train[4])])  # F known, the other unknown
+    loss = task.loss(_args(aux_column="tissue", aux_weight=0.5), train)(logits, targets)
+    cancer = CancerLoss()(logits[:, :1], targets[:, 0])
+    aux = torch.nn.functional.cross_entropy(logits[:1, 1:], torch.tensor([1]))
+    assert float(loss) == pytest.approx(float(cancer + 0.5 * aux), rel=1e-6)  # the unknown row adds nothing
+    assert task.probabilities(logits).shape == (2, 1)  # prediction sees the cancer logit only
+    evaluation = task.evaluate(logits, torch.stack([task.target(s) for s in train[:2]]), train[:2])
+    assert evaluation.metrics["aux_accuracy"] == 0.5 and evaluation.metrics["auc"] == 0.0
+    with pytest.raises(SystemExit, match="'density' is not a manifest column"):
+        task.configure(_args(aux_column="density"), train)
+
+
+def test_phantom_training_with_an_auxiliary_head_predicts_from_dicom(
+    phantom: tuple[Path, Path], tmp_path: Path
+) -> None:
+    dicoms, prepared = phantom
+    run = tmp_path / "run"
+    best = train_main(["--data", str(prepared), "--out", str(run), "--model", "resnet10t", "--epochs", "1",
+                       "--batch-size", "4", "--negative-fraction", "0.5", "--aux-column", "view"])
+    assert 0.0 <= best["val_aux_accuracy"] <= 1.0
+    assert read_config(run / "best.safetensors").model_kwargs["num_classes"] == 3  # cancer + CC / MLO
+    out = tmp_path / "submission.csv"
+    assert predict_main(["--csv", str(dicoms / "train.csv"), "--dicom-dir", str(dicoms / "train_images"),
+                         "--weights", str(run / "best.safetensors"), "--out", str(out), "--backend", "pydicom"]) == 0
+    assert all(0.0 <= float(r["cancer"]) <= 1.0 for r in _csv(out))

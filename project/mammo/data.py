@@ -3,8 +3,8 @@
 A prepared folder is what ``python -m project.mammo.prepare`` or ``python -m project.adapters.minimias``
 writes: ``manifest.csv`` (``image``, ``patient``, ``laterality``, ``view``, ``label``, ``png`` and,
 when present, ``fold``) and the PNGs it names. :func:`load_prepared` reads it into
-:class:`~project.data.layout.Sample` records (label 0/1 or None, group = patient, fold, and the
-breast's ``prediction_id`` in ``extra``), listing unusable rows as problems;
+:class:`~project.data.layout.Sample` records (label 0/1 or None, group = patient, fold, the other
+manifest columns and the breast's ``prediction_id`` in ``extra``), listing unusable rows as problems;
 :class:`MammoDataset` yields ``(tensor [1, H, W], target)`` through the same preprocessing as
 prediction (:mod:`project.mammo.preprocess`), augmented in training by :func:`mammo_augment`.
 """
@@ -26,7 +26,7 @@ from project.mammo.preprocess import MammoPreprocess, read_prepared, to_tensor
 
 MANIFEST_FILE = "manifest.csv"
 REQUIRED_COLUMNS = ("image", "patient", "laterality", "png")
-EXTRA_FROM_MANIFEST = ("image", "patient", "laterality", "view")
+NOT_METADATA = ("label", "png", "fold")  # Sample fields of their own; every other column goes into `extra`
 
 
 class NotAPreparedFolder(ValueError):
@@ -43,7 +43,7 @@ def _sample(root: Path, row: dict[str, str], where: str) -> Sample | Problem:
     fold = (row.get("fold") or "").strip()
     if fold and not fold.isdigit():
         return Problem(path, "fold", f"{where}: fold {fold!r} is not a whole number")
-    extra = {k: (row.get(k) or "").strip() for k in EXTRA_FROM_MANIFEST}
+    extra = {k: (v or "").strip() for k, v in row.items() if k not in NOT_METADATA}
     extra["prediction_id"] = prediction_id(extra["patient"], extra["laterality"])
     return Sample(path=path, label=int(label) if label else None, group=extra["patient"],
                   fold=int(fold) if fold else None, extra=extra)

@@ -164,6 +164,11 @@ def ensemble_aggregation(members: Sequence[Member], override: str | None) -> str
     return found.pop()
 
 
+def cancer_logits(member: Member, logits: torch.Tensor) -> torch.Tensor:
+    """The cancer logit of a 'mammo' checkpoint (auxiliary heads' logits follow it); other models' as they are."""
+    return logits[:, :1] if member.config.task == TASK else logits
+
+
 def positive_probability(logits: torch.Tensor) -> torch.Tensor:
     """Cancer probability [B] from one logit (sigmoid) or two classes (softmax, class 1)."""
     if logits.ndim == 2 and logits.shape[1] == 1:
@@ -253,8 +258,8 @@ def image_probabilities(
                     images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
                     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                         for member in (m for m in members if m.pre == pre):
-                            probs[batch.indices] += member.weight * positive_probability(
-                                member.model(images).float()).cpu().numpy()
+                            logits = cancer_logits(member, member.model(images).float())
+                            probs[batch.indices] += member.weight * positive_probability(logits).cpu().numpy()
             bar.update(len(batch.indices) + len(batch.errors))
     probs[list(errors)] = np.nan
     return probs, errors, backends

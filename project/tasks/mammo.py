@@ -41,16 +41,24 @@ class Judging:
 
 
 class CancerLoss(nn.Module):
-    """Binary cross-entropy on the single cancer logit; positives weighted by `pos_weight`."""
+    """Binary cross-entropy on the cancer logit (column 0; positives weighted by `pos_weight`), plus
+    `aux_weight` times the cross-entropy of the auxiliary head (the other columns) where targets
+    carry an auxiliary class in column 1 (-1: unknown, ignored)."""
 
-    def __init__(self, pos_weight: float = 1.0) -> None:
+    def __init__(self, pos_weight: float = 1.0, aux_weight: float = 0.0) -> None:
         super().__init__()
-        self.pos_weight = pos_weight
+        self.pos_weight, self.aux_weight = pos_weight, aux_weight
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = logits[:, 0].float()
+        logits = logits.float()
+        cancer = targets[:, 0] if targets.ndim == 2 else targets
         weight = torch.tensor(self.pos_weight, device=logits.device)
-        return F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=weight)
+        loss = F.binary_cross_entropy_with_logits(logits[:, 0], cancer.float(), pos_weight=weight)
+        if targets.ndim == 2 and self.aux_weight > 0:
+            aux = targets[:, 1].round().long()
+            if (aux >= 0).any():
+                loss = loss + self.aux_weight * F.cross_entropy(logits[:, 1:], aux, ignore_index=-1)
+        return loss
 
 
 def breast_ids(samples: Sequence[Sample]) -> list[str]:
@@ -96,6 +104,8 @@ class MammoTask(Task):
     def __init__(self, labels: Sequence[str]) -> None:
         super().__init__(labels)
         self.judging = Judging()
+        self.aux_column: str | None = None
+        self.aux_classes: list[str] = []  # an auxiliary head's classes, its logits after the cancer logit
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -111,6 +121,9 @@ class MammoTask(Task):
         add("--beta", type=float, default=1.0, help="beta of the probabilistic F-beta")
         add("--score", choices=SCORES, default="pf1_binarised",
             help="per-breast metric that selects the best epoch (pf1_binarised: at the tuned threshold)")
+        add("--aux-column", default=None,
+            help="manifest column (e.g. tissue, density, birads) learnt by an auxiliary head beside the cancer logit")
+        add("--aux-weight", type=float, default=0.3, help="weight of the auxiliary head's cross-entropy")
 
     @classmethod
     def load(cls, root: Path, split: str = "train") -> tuple[Scan, list[str]]:
@@ -128,7 +141,15 @@ class MammoTask(Task):
         return {"label": int(row[LABEL])}
 
     def configure(self, args: argparse.Namespace, train: Sequence[Sample]) -> None:
+        """The judging, and with --aux-column the auxiliary classes: the column's values in the training images."""
         self.judging = Judging(args.aggregate, args.beta, args.score, breast_positive_rate(train))
+        if args.aux_column:
+            if any(args.aux_column not in s.extra for s in train):
+                raise SystemExit(f"{args.data}: --aux-column {args.aux_column!r} is not a manifest column")
+            self.aux_column = args.aux_column
+            self.aux_classes = sorted({s.extra[args.aux_column] for s in train} - {""})
+            if len(self.aux_classes) < 2:
+                raise SystemExit(f"{args.data}: column {args.aux_column!r} has fewer than two values to learn")
 
     def datasets(
         self, args: argparse.Namespace, train: Sequence[Sample], val: Sequence[Sample], model: nn.Module
@@ -139,12 +160,13 @@ class MammoTask(Task):
                             pre.to_dict())
 
     def model_spec(self, args: argparse.Namespace) -> tuple[str, dict]:
-        """A timm model with one input channel and one logit, or 'whole_image' (one channel by default)."""
+        """A timm model with one input channel and one logit (then the auxiliary head's), or 'whole_image'
+        (one channel by default)."""
         channels = {} if args.model == "whole_image" else {"in_chans": 1}
-        return args.model, {**channels, "num_classes": 1, **args.model_kwargs}
+        return args.model, {**channels, "num_classes": 1 + len(self.aux_classes), **args.model_kwargs}
 
     def loss(self, args: argparse.Namespace, train: Sequence[Sample]) -> nn.Module:
-        return CancerLoss(args.pos_weight)
+        return CancerLoss(args.pos_weight, args.aux_weight if self.aux_classes else 0.0)
 
     def train_sampler(
         self, args: argparse.Namespace, train: Sequence[Sample], rank: int, world_size: int
@@ -156,22 +178,37 @@ class MammoTask(Task):
         return NegativeDownsampler(labels, args.negative_fraction, args.seed, rank, world_size)
 
     def target(self, sample: Sample) -> torch.Tensor:
-        return torch.tensor(float(sample.label))
+        """The cancer label; with an auxiliary head, [cancer, auxiliary class index or -1]."""
+        if not self.aux_classes:
+            return torch.tensor(float(sample.label))
+        value = sample.extra.get(self.aux_column, "")
+        aux = self.aux_classes.index(value) if value in self.aux_classes else -1
+        return torch.tensor([float(sample.label), float(aux)])
 
     def mix(self, target: torch.Tensor, other: torch.Tensor, share: float) -> torch.Tensor:
-        return (1 - share) * target + share * other
+        """Cancer mixed by area; an auxiliary class is the one of the image that covers most."""
+        mixed = (1 - share) * target + share * other
+        if target.ndim == 1:
+            mixed[1:] = other[1:] if share > 0.5 else target[1:]
+        return mixed
 
     def evaluate(self, logits: torch.Tensor, targets: torch.Tensor, samples: Sequence[Sample]) -> Evaluation:
         """Per-breast pF1, AUC, the tuned threshold and its binarised pF1; `positive_rate` is the training prior."""
         judging = self.judging
         ids = breast_ids(samples)
+        aux_metrics = {}
+        if targets.ndim == 2:
+            aux, predicted = targets[:, 1].round().long(), logits[:, 1:].argmax(dim=1)
+            known = aux >= 0
+            aux_metrics["aux_accuracy"] = float((predicted[known] == aux[known]).float().mean()) if known.any() else 0.0
+            targets = targets[:, 0]
         _, labels = aggregate(ids, targets.numpy(), "max")
         _, probs = aggregate(ids, self.probabilities(logits)[:, 0].numpy(), judging.aggregate)
         scores = breast_scores(labels, probs, judging.beta)
         chosen = scores[judging.score]
         metrics = {"score": 0.0 if math.isnan(chosen) else chosen,
                    **{k: scores[k] for k in ("pf1", "auc", "pf1_binarised", "threshold", "breasts", "positives")},
-                   PRIOR_METRIC: judging.prior}
+                   PRIOR_METRIC: judging.prior, **aux_metrics}
         decided = (probs >= scores["threshold"]).astype(int)
         return Evaluation(
             metrics=metrics,
