@@ -204,7 +204,8 @@ class Trainer:
         self.scheduler = _scheduler(self.optimizer, self.config, stage, len(self.train_loader))
 
     def fit(self) -> dict[str, float]:
-        """Train to the end of the plan or early stop; returns the best epoch's metrics."""
+        """Train to the end of the plan or early stop; returns the metrics of the epoch the checkpoint holds
+        (the best one, or the last with select='last')."""
         total_epochs = sum(stage.epochs for stage in self.config.plan())
         self._resume()
         while self.epoch < total_epochs:
@@ -223,7 +224,11 @@ class Trainer:
             self.writer.close()
         if dist.is_initialized():
             dist.barrier()
-        return max(self.history, key=lambda row: row["val_score"]) if self.history else {}
+        if not self.history:
+            return {}
+        if self.config.select == "last":
+            return self.history[-1]
+        return max(self.history, key=lambda row: row["val_score"])
 
     def _train_epoch(self, stage_index: int) -> tuple[float, int]:
         """Mean training loss and the number of images this rank saw."""

@@ -239,7 +239,8 @@ def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int 
 
 
 def run(argv: Sequence[str] | None, name: str) -> dict[str, float]:
-    """Train a model for the task registered as `name` as the command line says; returns the best epoch's metrics.
+    """Train a model for the task registered as `name` as the command line says; returns the metrics of the
+    epoch its checkpoint holds (the best, or the last with --select last).
 
     The run folder gets args.yaml first and, once the data is split, val.csv: the validation samples.
     """
@@ -260,5 +261,5 @@ def run(argv: Sequence[str] | None, name: str) -> dict[str, float]:
                       batch_transform=setup.batch_transform)
     best = trainer.fit()
     if is_main_process() and best:
-        print("best: " + " ".join(f"{k}={v:.4f}" for k, v in best.items()), flush=True)
+        print(f"{args.select}: " + " ".join(f"{k}={v:.4f}" for k, v in best.items()), flush=True)
     return best

@@ -99,10 +99,12 @@ def test_run_folder_and_resume_continue_the_schedule(phantom_small: Path, tmp_pa
 
 def test_select_last_keeps_the_final_epoch(phantom_small: Path, tmp_path: Path) -> None:
     out = tmp_path / "last"
-    run(["--data", str(phantom_small), "--out", str(out), "--epochs", "3", "--select", "last", *TINY_CLS], "cla")
+    returned = run(["--data", str(phantom_small), "--out", str(out), "--epochs", "3", "--select", "last", *TINY_CLS],
+                   "cla")
     config = read_config(out / "best.safetensors")
     assert config.epoch == 3
     assert config.metrics["score"] == pytest.approx(float(_summary(out)[-1]["val_score"]))
+    assert returned["epoch"] == 3 and returned["val_score"] == config.metrics["score"]  # what the checkpoint holds
 
 
 def test_staged_unfreezing_trains_only_the_named_groups(phantom_small: Path, tmp_path: Path, monkeypatch) -> None:
