@@ -59,7 +59,7 @@ def test_merging_declares_the_coarse_label_and_keeps_the_primary_folds(merged: P
 
 def _task(samples: list[Sample]):
     task = create_task("cla", FINE)
-    task.configure(argparse.Namespace(mixup=0.0), samples)
+    task.configure(argparse.Namespace(mixup=0.0, balance_by=None), samples)
     return task
 
 
@@ -82,6 +82,23 @@ def test_each_coarse_label_is_drawn_as_one_more_class() -> None:
         Sample(Path(f"c{i}"), label=None, allowed=(1, 2)) for i in range(8)]
     weights = _task(samples)._draw_weights(samples, None)
     assert weights[:2].sum() == pytest.approx(weights[2:].sum())
+
+
+def test_balance_by_source_gives_each_source_an_equal_balanced_share() -> None:
+    """A merged set: the fine source's classes and the coarse source's labels each get their share, so the
+    class cannot be told from the source (here 'fine' would otherwise be 2 of every 3 draws of class 0)."""
+    fine = [Sample(Path(f"f{i}"), label=i % 3, extra={"source": "fine"}) for i in range(9)]
+    coarse = [Sample(Path(f"c{i}"), label=0 if i < 12 else None, allowed=None if i < 12 else (1, 2),
+                     extra={"source": "coarse"}) for i in range(16)]
+    samples = fine + coarse
+    weights = _task(samples)._draw_weights(samples, None, "source")
+    assert weights[:9].sum() == pytest.approx(weights[9:].sum()) == pytest.approx(1.0)
+    for label in range(3):
+        assert weights[[i for i in range(9) if i % 3 == label]].sum() == pytest.approx(1 / 3)
+    assert weights[9:21].sum() == pytest.approx(weights[21:].sum()) == pytest.approx(0.5)  # coarse source: 0 and {1, 2}
+    task = _task(samples)
+    with pytest.raises(SystemExit, match="'site' is not a metadata column"):
+        task.configure(argparse.Namespace(balance_by="site", mixup=0.0, data=Path("d")), samples)
 
 
 def test_evaluation_scores_fine_labels_and_counts_coarse_ones_inside_their_set() -> None:

@@ -47,6 +47,9 @@ class ClassificationTask(Task):
         add("--oversample", action="store_true", help="WeightedRandomSampler over classes")
         add("--class-weights", type=comma_floats, default=None,
             help="relative draw rates per class for --oversample, e.g. 1,1,10,5,5,2 (default: equal)")
+        add("--balance-by", default=None,
+            help="metadata column (e.g. source of a merged dataset): with --oversample each of its values gets an "
+                 "equal share of the draws, balanced over its own classes, so the class cannot be told by the source")
         add("--weighted-loss", action="store_true", help="inverse-frequency class weights in the loss")
         add("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
 
@@ -72,6 +75,8 @@ class ClassificationTask(Task):
 
     def configure(self, args: argparse.Namespace, train: Sequence[Sample]) -> None:
         self.partial = any(s.label is None for s in train)
+        if args.balance_by and any(args.balance_by not in s.extra for s in train):
+            raise SystemExit(f"{args.data}: --balance-by {args.balance_by!r} is not a metadata column of every image")
         if self.partial and args.mixup > 0:
             raise SystemExit("--mixup cannot mix coarse labels (dataset.yaml coarse_labels); leave it at 0")
 
@@ -99,15 +104,28 @@ class ClassificationTask(Task):
     ) -> OversamplingSampler | None:
         if not args.oversample:
             return None
-        return OversamplingSampler(self._draw_weights(train, args.class_weights), seed=args.seed, rank=rank,
-                                   world_size=world_size)
+        return OversamplingSampler(self._draw_weights(train, args.class_weights, args.balance_by), seed=args.seed,
+                                   rank=rank, world_size=world_size)
 
-    def _draw_weights(self, train: Sequence[Sample], class_weights: Sequence[float] | None) -> np.ndarray:
-        """Per-sample draw weights balancing the classes; each coarse label is drawn as one more class."""
+    def _draw_weights(
+        self, train: Sequence[Sample], class_weights: Sequence[float] | None, balance_by: str | None = None
+    ) -> np.ndarray:
+        """Per-sample draw weights balancing the classes; each coarse label is drawn as one more class.
+        With `balance_by`, each value of that metadata column gets an equal share, balanced inside."""
         coarse = sorted({s.allowed for s in train if s.label is None})
-        keys = [s.label if s.label is not None else len(self.labels) + coarse.index(s.allowed) for s in train]
+        keys = np.asarray([s.label if s.label is not None else len(self.labels) + coarse.index(s.allowed)
+                           for s in train])
         rates = None if class_weights is None else [*class_weights, *[1.0] * len(coarse)]
-        return class_draw_weights(keys, len(self.labels) + len(coarse), rates)
+        count = len(self.labels) + len(coarse)
+        if not balance_by:
+            return class_draw_weights(keys, count, rates)
+        sources = np.asarray([s.extra[balance_by] for s in train])
+        weights = np.zeros(len(train))
+        for source in np.unique(sources):
+            members = sources == source
+            share = class_draw_weights(keys[members], count, rates)
+            weights[members] = share / share.sum()
+        return weights
 
     def batch_transform(self, args: argparse.Namespace) -> BatchTransform | None:
         if args.mixup <= 0:
