@@ -108,9 +108,10 @@ def _optimizer(
     """AdamW with one group per (weight decay, lr scale); timm's schedulers multiply a group's rate by
     its `lr_scale`. Norm weights and biases (1-d tensors) are not decayed, as in timm's recipes. The
     head's group (scale 1) comes first, so the logged rate is the head's."""
+    scales = lr_scales or {}
     buckets: dict[tuple[float, float], list[nn.Parameter]] = {}
     for param in params:
-        key = ((lr_scales or {}).get(id(param), 1.0), weight_decay if param.ndim > 1 else 0.0)
+        key = (scales.get(id(param), 1.0), weight_decay if param.ndim > 1 else 0.0)
         buckets.setdefault(key, []).append(param)
     groups = [{"params": group, "lr_scale": scale, "weight_decay": decay}
               for (scale, decay), group in sorted(buckets.items(), key=lambda item: (-item[0][0], -item[0][1]))]

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from project.data.layout import Problem, Sample, Scan
 from project.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_text, read_csv_rows
@@ -202,7 +203,7 @@ def write_patches(data: str | os.PathLike, out: str | os.PathLike, settings: Pat
     manifest = _read_csv(data / "manifest.csv", ["image", "patient", "png"])
     located, unlocated = read_lesions(data / "lesions.csv")
     rows, counts = [], Counter()
-    for line, entry in enumerate(manifest, start=2):
+    for line, entry in enumerate(tqdm(manifest, desc="patches", unit="img", disable=None), start=2):
         image = cv2.imread(str(data / entry["png"]), cv2.IMREAD_UNCHANGED)
         if image is None or image.ndim != 2:
             raise PatchDataError(f"{data / 'manifest.csv'}:{line}: {data / entry['png']} is not a grey image")

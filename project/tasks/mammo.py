@@ -71,12 +71,17 @@ def breast_positive_rate(samples: Sequence[Sample]) -> float:
     return float(labels.mean()) if len(labels) else 0.0
 
 
-def mammo_preprocess(args: argparse.Namespace, model: nn.Module) -> MammoPreprocess:
-    """The prepared folder's settings, the model input `--size`, and one-channel normalisation: the mean of
-    the given or pretrained per-channel values (what a first convolution summed over RGB expects)."""
+def one_channel_normalisation(args: argparse.Namespace, model: nn.Module) -> dict[str, float]:
+    """Mean and std for one-channel input: the average of the given (--mean/--std) or the model's pretrained
+    per-channel values (what a first convolution summed over RGB expects)."""
     data_config = resolve_data_config({}, model=model)
-    overrides = {"mean": float(np.mean(args.mean or data_config["mean"])),
-                 "std": float(np.mean(args.std or data_config["std"])), "aggregate": args.aggregate}
+    return {"mean": float(np.mean(args.mean or data_config["mean"])),
+            "std": float(np.mean(args.std or data_config["std"]))}
+
+
+def mammo_preprocess(args: argparse.Namespace, model: nn.Module) -> MammoPreprocess:
+    """The prepared folder's settings, the model input `--size`, and the one-channel normalisation."""
+    overrides = {**one_channel_normalisation(args, model), "aggregate": args.aggregate}
     if args.size is not None:
         overrides["size"] = tuple(args.size)
     try:

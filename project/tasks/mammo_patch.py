@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from timm.data import resolve_data_config
 from torch import nn
 
 from project.data.layout import NotADataset, Sample, Scan
@@ -21,6 +20,7 @@ from project.mammo.patches import PATCH_LABELS, PatchDataError, load_patches, pa
 from project.mammo.preprocess import MammoPreprocess
 from project.metrics import classification_report
 from project.tasks.base import Evaluation, Task, TaskDatasets, register_task
+from project.tasks.mammo import one_channel_normalisation
 
 PATCH_TASK = "mammo_patch"
 PATCH_SUBMISSION_FILE = "patch_pre.csv"
@@ -77,9 +77,7 @@ class PatchTask(Task):
         self, args: argparse.Namespace, train: Sequence[Sample], val: Sequence[Sample], model: nn.Module
     ) -> TaskDatasets:
         side = args.size or patch_size(args.data)
-        data_config = resolve_data_config({}, model=model)
-        pre = MammoPreprocess(size=(side, side), mean=float(np.mean(args.mean or data_config["mean"])),
-                              std=float(np.mean(args.std or data_config["std"])))
+        pre = MammoPreprocess(size=(side, side), **one_channel_normalisation(args, model))
         augment = mammo_augment({**PATCH_AUGMENT, **args.augment_options}, args.seed) if args.augment else None
         return TaskDatasets(MammoDataset(train, pre, self.target, augment), MammoDataset(val, pre, self.target),
                             pre.to_dict())
