@@ -67,9 +67,9 @@ class Validation:
     """The run's validation images with the checkpoint's predictions for them."""
 
     samples: list[Sample]  # readable images only, numeric order of the file name
-    probs: np.ndarray  # [N, K]
+    probs: np.ndarray  # [N, K], the mean over the members
     classes: list[str]
-    member: Member
+    members: list[Member]  # the run's checkpoint first; Grad-CAM reads it
     skipped: dict[str, str]
     split: str
     data: Path
@@ -96,11 +96,23 @@ def _classifier(run: Path, device: torch.device) -> Member:
     return member
 
 
+def _same_validation(run: Path, other: Path, member: Member, root: Path, names: set[str]) -> None:
+    """Raise unless OTHER/val.csv lists the same images as RUN/val.csv (an ensemble must share its fold)."""
+    theirs = {s.path.name for s in read_validation_split(other / VALIDATION_FILE, member.task, root)}
+    if theirs != names:
+        raise ReportError(f"{other / VALIDATION_FILE}: {len(theirs ^ names)} image(s) differ from "
+                          f"{run / VALIDATION_FILE}; ensemble members must be trained on the same fold")
+
+
 def predict_validation(
     run: Path, data: Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
-    tta: bool = False,
+    tta: bool = False, members_from: Sequence[Path] = (),
 ) -> Validation:
-    """Probabilities of RUN/best.safetensors on the images of RUN/val.csv, through project.predict."""
+    """Probabilities of RUN/best.safetensors on the images of RUN/val.csv, through project.predict.
+
+    With `members_from`, DIR/<RUN's name>/best.safetensors of each DIR joins an ensemble (the mean
+    of the probabilities, as run.py averages several weights); each must validate on RUN's images.
+    """
     run = Path(run)
     args = load_run_args(run)
     root = Path(data or args.data)
@@ -111,13 +123,21 @@ def predict_validation(
     repeated = sorted(n for n, count in Counter(names).items() if count > 1)
     if repeated:
         raise ReportError(f"{root}: validation file names repeat across class folders: {repeated[:10]}")
-    predictions: Predictions = predict_folder([s.path for s in val], [member], torch_device, batch_size, workers,
+    members = [member]
+    for directory in members_from:
+        other = Path(directory) / run.name
+        _same_validation(run, other, member, root, set(names))
+        members.append(_classifier(other, torch_device))
+        if members[-1].task.labels != member.task.labels:
+            raise ReportError(f"{members[-1].path}: labels {members[-1].task.labels} differ from {member.path}: "
+                              f"{member.task.labels}; they cannot be ensembled")
+    predictions: Predictions = predict_folder([s.path for s in val], members, torch_device, batch_size, workers,
                                               tta=tta, desc="report")
     by_name = {s.path.name: s for s in val}
     order = sorted(range(len(predictions.names)), key=lambda i: numeric_order_key(predictions.names[i]))
     return Validation(
         samples=[by_name[predictions.names[i]] for i in order], probs=predictions.probs[order],
-        classes=member.task.labels, member=member, skipped=predictions.errors, split=split_description(args, val),
+        classes=member.task.labels, members=members, skipped=predictions.errors, split=split_description(args, val),
         data=root,
     )
 
@@ -199,7 +219,7 @@ def pick_cases(probs: np.ndarray, labels: np.ndarray, count: int) -> tuple[list[
 
 def gradcam_overlays(validation: Validation, indices: Sequence[int], device: torch.device) -> list[np.ndarray]:
     """RGB float overlays of the Grad-CAM of the predicted class on the preprocessed image."""
-    member = validation.member
+    member = validation.members[0]
     dataset = ImageFolderDataset([validation.samples[i].path for i in indices], member.preprocess)
     images = torch.stack([dataset[j][1] for j in range(len(indices))]).to(device)
     targets = [ClassifierOutputTarget(int(validation.probs[i].argmax())) for i in indices]
@@ -326,9 +346,11 @@ def _report_html(metrics: dict, plots: Sequence[str]) -> str:
     per_class = _html_table(["class", "precision", "recall", "F1", "support"], [
         (c, _fmt(s["precision"]), _fmt(s["recall"]), _fmt(s["f1"]), s["support"]) for c, s in cla["per_class"].items()
     ])
+    ensemble = (f", averaged with {html.escape(', '.join(metrics['ensemble']))} (Grad-CAM shows the first model)"
+                if metrics["ensemble"] else "")
     parts = [
         f"<p>Run <code>{html.escape(metrics['run'])}</code>, checkpoint of epoch {metrics['epoch']}, data "
-        f"<code>{html.escape(metrics['data'])}</code>, validation {html.escape(metrics['split'])}. "
+        f"<code>{html.escape(metrics['data'])}</code>, validation {html.escape(metrics['split'])}{ensemble}. "
         "Predictions recomputed with project.predict; numbers from project.evaluate.</p>",
         summary, "<h2>Per-class</h2>", per_class,
     ]
@@ -341,19 +363,21 @@ def _report_html(metrics: dict, plots: Sequence[str]) -> str:
 
 def build_report(
     run: Path, out: Path, data: Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
-    tta: bool = False, cam_cases: int = 4,
+    tta: bool = False, cam_cases: int = 4, members_from: Sequence[Path] = (),
 ) -> dict:
     """Write OUT/index.html, its PNGs, metrics.json, predictions.csv, pred/ and gt/; returns the metrics."""
     run, out = Path(run), Path(out)
-    validation = predict_validation(run, data, device, batch_size, workers, tta)
+    validation = predict_validation(run, data, device, batch_size, workers, tta, members_from)
     if not validation.samples:
         raise ReportError(f"{run}: no readable validation image")
     labels = np.array([s.label for s in validation.samples])
     cla = write_prediction_files(validation, out)
+    first = validation.members[0]
     metrics = {
-        "run": str(run), "data": str(validation.data), "checkpoint": str(validation.member.path),
-        "epoch": validation.member.config.epoch, "split": validation.split, "classes": validation.classes,
-        "checkpoint_metrics": validation.member.config.metrics, "skipped": validation.skipped, "cla": cla,
+        "run": str(run), "data": str(validation.data), "checkpoint": str(first.path),
+        "ensemble": [str(m.path) for m in validation.members[1:]],
+        "epoch": first.config.epoch, "split": validation.split, "classes": validation.classes,
+        "checkpoint_metrics": first.config.metrics, "skipped": validation.skipped, "cla": cla,
         "malignancy": malignancy(validation), "calibration": calibration(validation.probs, labels),
     }
     plot_learning_curves(_read_summary(run), out / "learning_curves.png")
@@ -364,12 +388,12 @@ def build_report(
     plot_reliability(metrics["calibration"], out / "reliability.png")
     plots = ["learning_curves.png", "confusion_matrix.png", "per_class.png", "roc_malignancy.png", "reliability.png"]
     right, wrong = pick_cases(validation.probs, labels, cam_cases)
-    torch_device = next(validation.member.model.parameters()).device
+    torch_device = next(first.model.parameters()).device
     for name, cases in (("gradcam_right.png", right), ("gradcam_wrong.png", wrong)):
         if cases:
             plot_gradcam(validation, cases, torch_device, out / name)
             plots.append(name)
-    metrics["gradcam"] = {"target_layer": gradcam_target_layer(validation.member.model)[0],
+    metrics["gradcam"] = {"target_layer": gradcam_target_layer(first.model)[0],
                           "right": [validation.samples[i].path.name for i in right],
                           "wrong": [validation.samples[i].path.name for i in wrong]}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
@@ -464,10 +488,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--members-from", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="ensemble: also average DIR/<run name>/best.safetensors of each DIR, e.g. the same "
+                             "fold of other recipes")
     parser.add_argument("--cam-cases", type=int, default=4, help="Grad-CAM images of right and of wrong cases")
     args = parser.parse_args(argv)
     options = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers, "tta": args.tta,
-               "cam_cases": args.cam_cases}
+               "cam_cases": args.cam_cases, "members_from": args.members_from}
     try:
         if args.cv:
             cross_validation_report(args.cv, args.out, args.data, **options)

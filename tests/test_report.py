@@ -117,6 +117,33 @@ def test_cross_validation_table(fold_runs: list[Path], tmp_path: Path, capsys) -
     assert "fold0/index.html" in (out / "index.html").read_text(encoding="utf-8")
 
 
+def test_recipe_ensemble_averages_the_same_fold_of_each_recipe(
+    fold_runs: list[Path], report: tuple[Path, dict], phantom_small: Path, tmp_path: Path,
+) -> None:
+    other_recipe = tmp_path / "recipe_b"
+    run(["--data", str(phantom_small), "--out", str(other_recipe / "fold0"), "--folds", "2", "--fold", "0",
+         *TINY, "--lr", "0.0003"], "cla")
+    alone = build_report(other_recipe / "fold0", tmp_path / "b_alone", cam_cases=0)
+    both = build_report(fold_runs[0], tmp_path / "ensemble", cam_cases=0, members_from=[other_recipe])
+    names, _, first_probs = _predictions(report[0])
+    assert _predictions(tmp_path / "b_alone")[0] == _predictions(tmp_path / "ensemble")[0] == names
+    expected = (first_probs + _predictions(tmp_path / "b_alone")[2]) / 2
+    np.testing.assert_allclose(_predictions(tmp_path / "ensemble")[2], expected, atol=2e-6)
+    assert both["ensemble"] == [str(other_recipe / "fold0" / "best.safetensors")]
+    assert alone["cla"]["n"] == both["cla"]["n"] == 24
+    assert "averaged with" in (tmp_path / "ensemble" / "index.html").read_text(encoding="utf-8")
+
+
+def test_recipe_ensemble_refuses_a_member_from_another_fold(fold_runs: list[Path], tmp_path: Path, capsys) -> None:
+    wrong = tmp_path / "wrong_recipe"
+    wrong.mkdir()
+    (wrong / "fold0").symlink_to(fold_runs[1], target_is_directory=True)
+    code = main(["--run", str(fold_runs[0]), "--out", str(tmp_path / "out"), "--members-from", str(wrong)])
+    assert code == 2
+    message = capsys.readouterr().err
+    assert str(wrong / "fold0" / "val.csv") in message and "same fold" in message
+
+
 def test_summarise_folds_skips_undefined_figures() -> None:
     def fold(accuracy: float, biopsy: float | None) -> dict:
         cla = {"n": 10, "macro_f1": accuracy / 2, "accuracy": accuracy, "kappa": None}
