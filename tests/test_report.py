@@ -162,7 +162,7 @@ def test_malignancy_uses_biopsy_truth_where_known() -> None:
                for i, (label, p) in enumerate(zip([2, 0, 3, 1, 3], pathology))]
     probs = np.array([[0.1, 0.1, 0.8, 0.0], [0.7, 0.2, 0.1, 0.0], [0.2, 0.2, 0.3, 0.3],
                       [0.5, 0.1, 0.2, 0.2], [0.2, 0.5, 0.3, 0.0]])
-    validation = Validation(samples, probs, ["2", "3", "4", "5"], member=None, skipped={}, split="", data=Path())
+    validation = Validation(samples, probs, ["2", "3", "4", "5"], members=[], skipped={}, split="", data=Path())
     result = malignancy(validation)
     # P(≥4) = 0.8, 0.1, 0.6, 0.4, 0.3: biopsy over the four known images, BI-RADS ≥ 4 over all five.
     assert result["biopsy"]["n"] == 4 and result["biopsy"]["auc"] == pytest.approx(1.0)
