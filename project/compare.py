@@ -23,9 +23,9 @@ def read_folds(report: Path) -> dict[str, dict]:
     path = path / "cv.json" if path.is_dir() else path
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CompareError(f"{path}: not a readable cv.json ({exc})") from None
-    return {row["fold"]: row for row in rows if row["fold"] not in ("mean", "sd")}
+        return {row["fold"]: row for row in rows if row["fold"] not in ("mean", "sd")}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CompareError(f"{path}: not a readable cv.json ({exc!r})") from None
 
 
 def paired_differences(baseline: Mapping[str, Mapping], other: Mapping[str, Mapping]) -> dict[str, dict]:
@@ -79,7 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         baseline = read_folds(args.baseline)
-        rows = [format_comparison(str(other), paired_differences(baseline, read_folds(other))) for other in args.others]
+        rows = []
+        for other in args.others:
+            try:
+                rows.append(format_comparison(str(other), paired_differences(baseline, read_folds(other))))
+            except CompareError as exc:
+                raise CompareError(f"{other} against {args.baseline}: {exc}") from None
     except CompareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

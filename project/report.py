@@ -85,20 +85,25 @@ def split_description(args: argparse.Namespace, val: Sequence[Sample]) -> str:
     return f"fold {args.fold} of {args.folds} (seed {args.seed})"
 
 
-def _classifier(run: Path, device: torch.device) -> Member:
-    """RUN/best.safetensors, which must be a classification checkpoint."""
-    checkpoint = run / BEST_CHECKPOINT
-    if not checkpoint.is_file():
-        raise ReportError(f"{checkpoint}: not found; has the run finished an epoch?")
-    member = load_members([checkpoint], device)[0]
-    if not isinstance(member.task, ClassificationTask):
-        raise ReportError(f"{checkpoint}: a {member.task.name} checkpoint; the report covers classification runs")
-    return member
+def _classifiers(runs: Sequence[Path], device: torch.device) -> list[Member]:
+    """RUN/best.safetensors of each run: classification checkpoints with one label list (an ensemble)."""
+    checkpoints = [Path(run) / BEST_CHECKPOINT for run in runs]
+    for checkpoint in checkpoints:
+        if not checkpoint.is_file():
+            raise ReportError(f"{checkpoint}: not found; has the run finished an epoch?")
+    try:
+        members = load_members(checkpoints, device)
+    except ValueError as exc:  # the members' tasks or labels differ
+        raise ReportError(str(exc)) from None
+    if not isinstance(members[0].task, ClassificationTask):
+        raise ReportError(f"{checkpoints[0]}: a {members[0].task.name} checkpoint; "
+                          "the report covers classification runs")
+    return members
 
 
-def _same_validation(run: Path, other: Path, member: Member, root: Path, names: set[str]) -> None:
+def _same_validation(run: Path, other: Path, task: ClassificationTask, root: Path, names: set[str]) -> None:
     """Raise unless OTHER/val.csv lists the same images as RUN/val.csv (an ensemble must share its fold)."""
-    theirs = {s.path.name for s in read_validation_split(other / VALIDATION_FILE, member.task, root)}
+    theirs = {s.path.name for s in read_validation_split(other / VALIDATION_FILE, task, root)}
     if theirs != names:
         raise ReportError(f"{other / VALIDATION_FILE}: {len(theirs ^ names)} image(s) differ from "
                           f"{run / VALIDATION_FILE}; ensemble members must be trained on the same fold")
@@ -117,20 +122,16 @@ def predict_validation(
     args = load_run_args(run)
     root = Path(data or args.data)
     torch_device = resolve_device(device)
-    member = _classifier(run, torch_device)
+    others = [Path(directory) / run.name for directory in members_from]
+    members = _classifiers([run, *others], torch_device)
+    member = members[0]
     val = read_validation_split(run / VALIDATION_FILE, member.task, root)
     names = [s.path.name for s in val]
     repeated = sorted(n for n, count in Counter(names).items() if count > 1)
     if repeated:
         raise ReportError(f"{root}: validation file names repeat across class folders: {repeated[:10]}")
-    members = [member]
-    for directory in members_from:
-        other = Path(directory) / run.name
-        _same_validation(run, other, member, root, set(names))
-        members.append(_classifier(other, torch_device))
-        if members[-1].task.labels != member.task.labels:
-            raise ReportError(f"{members[-1].path}: labels {members[-1].task.labels} differ from {member.path}: "
-                              f"{member.task.labels}; they cannot be ensembled")
+    for other in others:
+        _same_validation(run, other, member.task, root, set(names))
     predictions: Predictions = predict_folder([s.path for s in val], members, torch_device, batch_size, workers,
                                               tta=tta, desc="report")
     by_name = {s.path.name: s for s in val}
