@@ -131,10 +131,11 @@ def _build_model(args: argparse.Namespace, name: str, kwargs: dict) -> torch.nn.
 
 def cache_images(datasets: Sequence[LesionDataset], data_root: Path) -> None:
     """Fill each dataset's RAM cache if all of them (on every local rank) fit; else say why not."""
-    count = sum(len(dataset) for dataset in datasets)
     img_size = datasets[0].preprocess.img_size
+    needed = sum(cache_bytes(len(dataset), img_size, dataset.lesion_maps) for dataset in datasets)
+    count = sum(len(dataset) for dataset in datasets)
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    fits, sizes = fits_in_memory(cache_bytes(count, img_size) * ranks_here)
+    fits, sizes = fits_in_memory(needed * ranks_here)
     if not fits:
         if is_main_process():
             print(f"image cache off: it would take {sizes}; images are preprocessed every epoch "
@@ -203,7 +204,8 @@ def _lesion_datasets(
     """The shared datasets: LesionDataset with CutMix and augmentation for training, cached in RAM if asked."""
     preprocess = _preprocess(args, model)
     augment = AugmentConfig(**args.augment_options) if args.augment else None
-    train_data = LesionDataset(train, preprocess, task, augment, CutMixConfig(p=args.cutmix), seed=args.seed)
+    train_data = LesionDataset(train, preprocess, task, augment, CutMixConfig(p=args.cutmix), seed=args.seed,
+                               lesion_maps=task.wants_lesion_maps(args))
     val_data = LesionDataset(val, preprocess, task)
     if args.cache == "ram":
         cache_images([train_data, val_data], args.data)

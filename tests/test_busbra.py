@@ -55,8 +55,12 @@ def mini_source(tmp_path: Path) -> tuple[Path, list[dict[str, str]]]:
     rows = _subset_rows()
     src = tmp_path / "busbra"
     (src / "Images").mkdir(parents=True)
+    (src / "Masks").mkdir()
     for row in rows:
         shutil.copyfile(BUSBRA / "Images" / f"{row['ID']}.png", src / "Images" / f"{row['ID']}.png")
+    for row in rows[1:]:  # the first image has no mask
+        mask = f"mask_{row['ID'].removeprefix('bus_')}.png"
+        shutil.copyfile(BUSBRA / "Masks" / mask, src / "Masks" / mask)
     with (src / "bus_data.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -78,7 +82,7 @@ def test_layout_labels_and_config(mini_source, tmp_path: Path) -> None:
     out = tmp_path / "converted"
     summary = convert_busbra(src, out)
 
-    assert summary.images == 12 and summary.placed == {"symlink": 12}
+    assert summary.images == 12 and summary.placed == {"symlink": 12} and summary.masks == 11
     assert [(m.image_id, m.real_size) for m in summary.size_mismatches] == [
         ("bus_0856-l", (387, 353)), ("bus_0990-l", (540, 352))
     ]
@@ -86,6 +90,11 @@ def test_layout_labels_and_config(mini_source, tmp_path: Path) -> None:
         folder = out / "train" / "cla" / f"{row['BIRADS']}类"
         image = folder / "images" / f"{row['ID']}.png"
         assert image.is_symlink() and image.resolve() == (src / "Images" / image.name).resolve()
+        mask = folder / "masks" / image.name
+        has_mask = row is not rows[0]
+        assert mask.exists() == has_mask
+        if has_mask:
+            assert mask.resolve().name == f"mask_{row['ID'].removeprefix('bus_')}.png"
         [(class_id, (cx, cy, w, h))] = parse_label_file(folder / "labels" / f"{row['ID']}.txt")
         assert class_id == CLASSES.index(row["BIRADS"]) + 1
         width, height = Image.open(image).size
@@ -106,6 +115,9 @@ def test_layout_labels_and_config(mini_source, tmp_path: Path) -> None:
         assert (entry["patient"], entry["fold"], entry["pathology"]) == (row["Case"], row["kFold"], row["Pathology"])
         assert (entry["histology"], entry["device"], entry["side"]) == (row["Histology"], row["Device"], row["Side"])
     assert {p.name: _sha256(p) for p in (src / "Images").iterdir()} == hashes
+    samples = {s.path.name: s for s in load_split(out, "train", "cla")[0].samples}
+    assert sum(s.mask is not None for s in samples.values()) == 11
+    assert samples[f"{rows[0]['ID']}.png"].mask is None
 
 
 def test_load_split_reads_groups_folds_and_official_kfold(mini_source, tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def test_cached_images_cannot_be_changed_through_the_dataset(phantom_small: Path
     dataset = LesionDataset(_samples(phantom_small, 4), Preprocess(img_size=32), CLA)
     dataset.cache_images()
     before = dataset.cache.images.copy()
-    image, _ = dataset.load(0)
+    image, _, _ = dataset.load(0)
     image[:] = 0
     assert np.array_equal(dataset.cache.images, before)
 

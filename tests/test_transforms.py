@@ -17,7 +17,8 @@ from project.data.transforms import (
     CutBlackConfig,
     Preprocess,
     black_border_crop,
-    cut_black,
+    crop,
+    crop_box,
     paste_box,
     yolo_to_xyxy,
 )
@@ -36,16 +37,18 @@ def _framed(rng: np.random.Generator) -> np.ndarray:
 
 def test_cut_black_removes_the_frame_exactly() -> None:
     image = _framed(np.random.default_rng(0))
-    assert black_border_crop(image, CutBlackConfig()) == (10, 80, 15, 105)
-    cropped, box = cut_black(image, (60 / 120, 45 / 100, 30 / 120, 20 / 100), CutBlackConfig())
-    assert np.array_equal(cropped, image[10:80, 15:105])
+    bounds = black_border_crop(image, CutBlackConfig())
+    assert bounds == (10, 80, 15, 105)
+    assert np.array_equal(crop(image, bounds), image[10:80, 15:105])
+    box = crop_box((60 / 120, 45 / 100, 30 / 120, 20 / 100), bounds, image.shape[:2])
     assert box == pytest.approx((45 / 90, 35 / 70, 30 / 90, 20 / 70))
 
 
 def test_cut_black_leaves_a_clean_image_unchanged() -> None:
     image = np.random.default_rng(1).integers(30, 255, (50, 60, 3), dtype=np.uint8)
-    cropped, box = cut_black(image, (0.5, 0.5, 0.2, 0.2), CutBlackConfig())
-    assert np.array_equal(cropped, image) and box == (0.5, 0.5, 0.2, 0.2)
+    bounds = black_border_crop(image, CutBlackConfig())
+    assert np.array_equal(crop(image, bounds), image)
+    assert crop_box((0.5, 0.5, 0.2, 0.2), bounds, image.shape[:2]) == (0.5, 0.5, 0.2, 0.2)
 
 
 def test_paste_box_replaces_exactly_the_target_region() -> None:

@@ -35,6 +35,7 @@ from project.fileio import atomic_write_csv, atomic_write_text, numeric_order_ke
 CLASSES: tuple[str, ...] = ("2", "3", "4", "5")
 CSV_FILE = "bus_data.csv"
 IMAGE_DIR = "Images"
+MASK_DIR = "Masks"  # mask_<number>-<side>.png beside bus_<number>-<side>.png
 METADATA_FILE = "metadata.csv"
 METADATA_COLUMNS = ("image", "patient", "fold", "pathology", "histology", "device", "side")
 REQUIRED_COLUMNS = ("ID", "Case", "Histology", "Pathology", "BIRADS", "Device", "Width", "Height", "Side", "BBOX")
@@ -71,6 +72,7 @@ class ConversionSummary:
     per_class: dict[str, int] = field(default_factory=dict)
     per_fold: dict[str, int] = field(default_factory=dict)
     placed: dict[str, int] = field(default_factory=dict)  # how images were placed: symlink, hardlink, copy
+    masks: int = 0
     size_mismatches: list[SizeMismatch] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -79,6 +81,7 @@ class ConversionSummary:
             "  classes " + ", ".join(f"BI-RADS {k}: {v}" for k, v in self.per_class.items()),
             "  folds " + ", ".join(f"{k}: {v}" for k, v in self.per_fold.items()),
             "  placed " + ", ".join(f"{k}: {v}" for k, v in self.placed.items()),
+            f"  {self.masks} lesion masks",
             f"  {len(self.size_mismatches)} image(s) whose size differs from bus_data.csv",
         ]
         return "\n".join(lines + [f"    {m}" for m in self.size_mismatches])
@@ -154,8 +157,16 @@ def _dataset_yaml() -> str:
     return dataset_yaml(config, f"BUS-BRA converted by project.adapters.busbra. Cite: {CITATION}")
 
 
+def mask_source(src: Path, image_id: str) -> Path:
+    """The lesion mask of an image: Masks/mask_0001-l.png for bus_0001-l."""
+    return src / MASK_DIR / f"mask_{image_id.removeprefix('bus_')}.png"
+
+
 def convert_busbra(src: Path, out: Path, link: str = "symlink") -> ConversionSummary:
-    """Write `out/train/cla/<k>类/{images,labels}`, `out/dataset.yaml` and `out/metadata.csv` from `src`."""
+    """Write `out/train/cla/<k>类/{images,labels,masks}`, `out/dataset.yaml` and `out/metadata.csv` from `src`.
+
+    A mask goes to `masks/<image name>` where `src` has one (the lesion-map head learns from it).
+    """
     src, out = Path(src), Path(out)
     if link not in LINK_MODES:
         raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
@@ -174,6 +185,10 @@ def convert_busbra(src: Path, out: Path, link: str = "symlink") -> ConversionSum
         source = src / IMAGE_DIR / f"{row.image_id}.png"
         folder = out / "train" / "cla" / class_folder(row.birads)
         placed[place_image(source, folder / "images" / source.name, link)] += 1
+        mask = mask_source(src, row.image_id)
+        if mask.is_file():
+            place_image(mask, folder / "masks" / source.name, link)
+            summary.masks += 1
         atomic_write_text(folder / "labels" / f"{row.image_id}.txt", label_line(CLASSES.index(row.birads) + 1, box))
         metadata.append((source.name, row.patient, row.fold, row.pathology, row.histology, row.device, row.side))
     atomic_write_csv(out / METADATA_FILE, METADATA_COLUMNS, metadata)

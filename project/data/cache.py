@@ -28,29 +28,40 @@ class UnreadableImages(Exception):
         self.errors = errors
 
 
+Loaded = tuple[np.ndarray, XYXY | None, np.ndarray | None]
+"""A preprocessed uint8 image, its lesion box and its lesion map (None: unknown or not asked for)."""
+
+
 class ImageCache:
-    """Equal-sized uint8 images in one array, with each image's lesion box.
+    """Equal-sized uint8 images in one array, with each image's lesion box and, if asked for, lesion map.
 
     One array rather than a list of arrays: DataLoader workers forked after the fill then share
     its memory pages (copy-on-write, never written), where a list of arrays would be copied
     page by page as the workers touch each object's reference count.
     """
 
-    def __init__(self, images: np.ndarray, boxes: list[XYXY | None], seconds: float) -> None:
+    def __init__(
+        self, images: np.ndarray, boxes: list[XYXY | None], seconds: float,
+        lesion_maps: np.ndarray | None = None, known_maps: np.ndarray | None = None,
+    ) -> None:
         self.images = images
         self.boxes = boxes
         self.seconds = seconds
+        self.lesion_maps, self.known_maps = lesion_maps, known_maps
 
     def __len__(self) -> int:
         return len(self.boxes)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, XYXY | None]:
-        # A copy, so an in-place augmentation can never alter the cached image.
-        return self.images[index].copy(), self.boxes[index]
+    def __getitem__(self, index: int) -> Loaded:
+        # Copies, so an in-place augmentation can never alter the cache.
+        lesion = None
+        if self.lesion_maps is not None and self.known_maps[index]:
+            lesion = self.lesion_maps[index].copy()
+        return self.images[index].copy(), self.boxes[index], lesion
 
 
-def cache_bytes(count: int, img_size: int) -> int:
-    return count * img_size * img_size * 3
+def cache_bytes(count: int, img_size: int, lesion_maps: bool = False) -> int:
+    return count * img_size * img_size * (4 if lesion_maps else 3)
 
 
 def available_memory() -> int | None:
@@ -74,27 +85,33 @@ def fits_in_memory(needed: int) -> tuple[bool, str]:
 
 
 def fill_cache(
-    count: int, img_size: int, load: Callable[[int], tuple[np.ndarray, XYXY | None]], desc: str = "caching images"
+    count: int, img_size: int, load: Callable[[int], Loaded], desc: str = "caching images", lesion_maps: bool = False
 ) -> ImageCache:
-    """Run `load` (index → HxWx3 uint8 of side img_size, box) on every index, in threads.
+    """Run `load` (index → HxWx3 uint8 of side img_size, box, lesion map) on every index, in threads.
 
-    Decoding and resizing release the GIL, so threads use all cores. Every unreadable image is
-    collected first and then reported together (UnreadableImages).
+    The lesion maps are kept only when `lesion_maps` is set. Decoding and resizing release the GIL,
+    so threads use all cores. Every unreadable image is collected first and then reported together
+    (UnreadableImages).
     """
     started = time.perf_counter()
     images = np.empty((count, img_size, img_size, 3), dtype=np.uint8)
+    maps = np.zeros((count, img_size, img_size), dtype=np.uint8) if lesion_maps else None
+    known = np.zeros(count, dtype=bool)
     boxes: list[XYXY | None] = [None] * count
     errors: list[ImageReadError] = []
 
     def store(index: int) -> None:
         try:
-            images[index], boxes[index] = load(index)
+            images[index], boxes[index], lesion = load(index)
         except ImageReadError as error:
             errors.append(error)
+            return
+        if maps is not None and lesion is not None:
+            maps[index], known[index] = lesion, True
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for _ in tqdm(pool.map(store, range(count)), total=count, desc=desc, leave=False):
             pass
     if errors:
         raise UnreadableImages(sorted(errors, key=lambda error: str(error.path)))
-    return ImageCache(images, boxes, time.perf_counter() - started)
+    return ImageCache(images, boxes, time.perf_counter() - started, maps, known if lesion_maps else None)

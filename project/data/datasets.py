@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from project.data.cache import ImageCache, fill_cache
+from project.data.cache import ImageCache, Loaded, fill_cache
 from project.data.layout import Sample
 from project.data.transforms import (
     XYXY,
@@ -23,6 +24,11 @@ from project.data.transforms import (
     random_box,
     to_tensor,
 )
+from project.losses import lesion_map_target
+
+# The lesion map travels with a target at a quarter of the image side: fine enough for any grid of
+# stride 4 or more, and 16 times less to collate than the full map.
+LESION_MAP_REDUCTION = 4
 
 
 class Targets(Protocol):
@@ -53,6 +59,8 @@ class LesionDataset(Dataset):
 
     Every image is preprocessed (decode, CutBlack, CLAHE, resize), CutMixed, then augmented. The
     preprocessed images can be held in RAM (`cache_images`) so that each epoch only mixes and augments.
+    With `lesion_maps`, each image's lesion map (its mask, else its filled box) is mixed and augmented
+    with it and packed into the target (losses.lesion_map_target) for an auxiliary lesion-map head.
     """
 
     def __init__(
@@ -63,6 +71,7 @@ class LesionDataset(Dataset):
         augment: AugmentConfig | None = None,
         cutmix: CutMixConfig | None = None,
         seed: int = 0,
+        lesion_maps: bool = False,
     ) -> None:
         self.samples = list(samples)
         self.preprocess = preprocess
@@ -71,6 +80,7 @@ class LesionDataset(Dataset):
         self.augment = build_augment(augment) if augment else None
         self.cache: ImageCache | None = None
         self.cutmix = cutmix if cutmix and cutmix.p > 0 else None
+        self.lesion_maps = lesion_maps
         self.seed = seed
         self.draws = 0
         self.reseed(seed)  # DataLoader workers reseed their copies; without workers this stream is used
@@ -86,18 +96,21 @@ class LesionDataset(Dataset):
     def cache_images(self) -> ImageCache:
         """Preprocess every image once into RAM; call before the DataLoader workers start."""
         desc = f"caching {len(self)} {self.task.name} images at {self.preprocess.img_size} px"
-        self.cache = fill_cache(len(self), self.preprocess.img_size, self.preprocessed, desc)
+        self.cache = fill_cache(len(self), self.preprocess.img_size, self.preprocessed, desc, self.lesion_maps)
         return self.cache
 
-    def preprocessed(self, index: int) -> tuple[np.ndarray, XYXY | None]:
+    def preprocessed(self, index: int) -> Loaded:
         sample = self.samples[index]
-        return self.preprocessor(sample.path, sample.box)
+        if self.lesion_maps:
+            return self.preprocessor.with_lesion_map(sample.path, sample.box, sample.mask)
+        return (*self.preprocessor(sample.path, sample.box), None)
 
     def target(self, index: int) -> torch.Tensor:
         return self.task.target(self.samples[index])
 
-    def load(self, index: int) -> tuple[np.ndarray, XYXY | None]:
-        """Preprocessed uint8 image with its lesion box (if any), from the cache once it is filled."""
+    def load(self, index: int) -> Loaded:
+        """Preprocessed uint8 image with its lesion box and map (None if unknown or not asked for),
+        from the cache once it is filled."""
         return self.cache[index] if self.cache is not None else self.preprocessed(index)
 
     def _rng(self, index: int) -> np.random.Generator:
@@ -107,24 +120,39 @@ class LesionDataset(Dataset):
         worker = info.id if info else 0
         return np.random.default_rng((self.seed, index, worker, self.draws, torch.initial_seed() % 2**32))
 
-    def _mix(self, index: int, image: np.ndarray, box: XYXY | None) -> tuple[np.ndarray, torch.Tensor]:
+    def _mix(
+        self, index: int, image: np.ndarray, box: XYXY | None, lesion: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None, torch.Tensor]:
+        """The image, its lesion map and target after CutMix; the map is known only where both parts' maps are."""
         rng = self._rng(index)
         target = self.target(index)
         if self.cutmix is None or rng.random() >= self.cutmix.p:
-            return image, target
+            return image, lesion, target
         other = int(rng.integers(len(self.samples)))
-        other_image, other_box = self.load(other)
-        other_target = self.target(other)
+        other_image, other_box, other_lesion = self.load(other)
+        both_maps = lesion is not None and other_lesion is not None
         if box is not None and other_box is not None:
-            return paste_box(image, box, other_image, other_box), other_target
+            pasted = paste_box(lesion, box, other_lesion, other_box) if both_maps else None
+            return paste_box(image, box, other_image, other_box), pasted, self.target(other)
         region = random_box(rng, self.cutmix.random_area)
+        pasted = paste_box(lesion, region, other_lesion, region) if both_maps else None
         mixed = paste_box(image, region, other_image, region)
-        return mixed, self.task.mix(target, other_target, box_area(region))
+        return mixed, pasted, self.task.mix(target, self.target(other), box_area(region))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         # CutMix before augmentation: the pasted lesion moves and changes with the image around it,
         # and the augmentation never has to track boxes (which would cost it three quarters of its time).
-        image, target = self._mix(index, *self.load(index))
+        image, lesion, target = self._mix(index, *self.load(index))
         if self.augment is not None:
-            image = self.augment(image=image)["image"]
-        return to_tensor(image, self.preprocess.mean, self.preprocess.std), target
+            if lesion is not None:
+                augmented = self.augment(image=image, mask=lesion)
+                image, lesion = augmented["image"], augmented["mask"]
+            else:
+                image = self.augment(image=image)["image"]
+        tensor = to_tensor(image, self.preprocess.mean, self.preprocess.std)
+        if not self.lesion_maps:
+            return tensor, target
+        side = self.preprocess.img_size // LESION_MAP_REDUCTION
+        reduced = None if lesion is None else torch.from_numpy(
+            cv2.resize(lesion.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA))
+        return tensor, lesion_map_target(target, reduced, side)

@@ -38,6 +38,8 @@ class Sample:
     extra: dict[str, str] = field(default_factory=dict)
     allowed: tuple[int, ...] | None = None
     """A coarse label (dataset.yaml `coarse_labels`): the class indices it allows; `label` is then None."""
+    mask: Path | None = None
+    """A lesion mask (an image of the same size, lesion bright), from an optional `masks/` folder."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ def match_folder(
 def scan_classification(
     split_dir: Path, classes: Sequence[str] = BIRADS_CLASSES, coarse_labels: Mapping[str, Sequence[str]] | None = None
 ) -> Scan:
-    """Read `split_dir/cla/<class folder>/images|labels`; the folder is the ground truth.
+    """Read `split_dir/cla/<class folder>/images|labels[|masks]`; the folder is the ground truth.
 
     A folder named by a coarse label gives samples with `label` None and `allowed` set; the class
     id in its label files is not checked (the coarse label has none), the box is read.
@@ -236,8 +238,9 @@ def scan_classification(
             continue
         images = _images(folder / "images")
         label_files = _label_files(folder / "labels", {p.stem for p in images}, scan)
+        masks = {path.stem: path for path in _images(folder / "masks")}
         for image in images:
-            sample = Sample(path=image, label=label, allowed=allowed)
+            sample = Sample(path=image, label=label, allowed=allowed, mask=masks.get(image.stem))
             label_file = label_files.get(image.stem)
             if label_file is None:
                 scan.problems.append(Problem(image, "image without label", "no label file"))

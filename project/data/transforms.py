@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from project.data import marks
-from project.data.imageio import read_image
+from project.data.imageio import ImageReadError, read_image
 from project.data.layout import Box
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,16 +70,20 @@ def black_border_crop(image: np.ndarray, config: CutBlackConfig) -> tuple[int, i
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def cut_black(image: np.ndarray, box: Box | None, config: CutBlackConfig) -> tuple[np.ndarray, Box | None]:
-    """Crop black borders (and the text strips on them); a YOLO box follows the crop."""
-    height, width = image.shape[:2]
-    top, bottom, left, right = black_border_crop(image, config)
-    cropped = image[top:bottom, left:right]
+def crop(image: np.ndarray, bounds: tuple[int, int, int, int]) -> np.ndarray:
+    top, bottom, left, right = bounds
+    return image[top:bottom, left:right]
+
+
+def crop_box(box: Box | None, bounds: tuple[int, int, int, int], shape: tuple[int, int]) -> Box | None:
+    """A YOLO box of an image of `shape` (height, width) in the coordinates of its crop to `bounds`."""
     if box is None:
-        return cropped, None
+        return None
+    height, width = shape
+    top, bottom, left, right = bounds
     cx, cy, w, h = box
     new_h, new_w = bottom - top, right - left
-    return cropped, ((cx * width - left) / new_w, (cy * height - top) / new_h, w * width / new_w, h * height / new_h)
+    return (cx * width - left) / new_w, (cy * height - top) / new_h, w * width / new_w, h * height / new_h
 
 
 def yolo_to_xyxy(box: Box) -> XYXY:
@@ -183,12 +187,53 @@ class Preprocessor:
 
     def __call__(self, path: str | Path, box: Box | None = None) -> tuple[np.ndarray, XYXY | None]:
         """img_size x img_size x 3 uint8 and the lesion box as normalised xyxy; raises ImageReadError."""
+        image = self._decode(path)
+        return self._crop_and_resize(image, box, self._bounds(image))
+
+    def with_lesion_map(
+        self, path: str | Path, box: Box | None, mask_path: Path | None
+    ) -> tuple[np.ndarray, XYXY | None, np.ndarray | None]:
+        """As __call__, plus the lesion as an img_size x img_size uint8 map of 0 and 1 that follows the
+        image's crop: the mask file where there is one, else the filled lesion box, else None (unknown)."""
+        image = self._decode(path)
+        bounds = self._bounds(image)
+        resized, xyxy = self._crop_and_resize(image, box, bounds)
+        size = self.preprocess.img_size
+        if mask_path is not None:
+            lesion = crop(read_mask(mask_path, image.shape[:2]), bounds)
+            return resized, xyxy, cv2.resize(lesion, (size, size), interpolation=cv2.INTER_NEAREST)
+        return resized, xyxy, box_map(xyxy, size) if xyxy else None
+
+    def _decode(self, path: str | Path) -> np.ndarray:
         image = read_image(path)
-        if self.preprocess.remove_marks:
-            image = marks.remove_marks(image)
-        if self.preprocess.cut_black is not None:
-            image, box = cut_black(image, box, self.preprocess.cut_black)
-        return apply_with_box(self.resize, image, yolo_to_xyxy(box) if box else None)
+        return marks.remove_marks(image) if self.preprocess.remove_marks else image
+
+    def _bounds(self, image: np.ndarray) -> tuple[int, int, int, int]:
+        if self.preprocess.cut_black is None:
+            return 0, image.shape[0], 0, image.shape[1]
+        return black_border_crop(image, self.preprocess.cut_black)
+
+    def _crop_and_resize(
+        self, image: np.ndarray, box: Box | None, bounds: tuple[int, int, int, int]
+    ) -> tuple[np.ndarray, XYXY | None]:
+        box = crop_box(box, bounds, image.shape[:2])
+        return apply_with_box(self.resize, crop(image, bounds), yolo_to_xyxy(box) if box else None)
+
+
+def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A lesion mask file as a uint8 map of 0 and 1; raises ImageReadError unless it is `shape` (height, width)."""
+    mask = read_image(path)
+    if mask.shape[:2] != shape:
+        raise ImageReadError(path, f"mask is {mask.shape[1]}x{mask.shape[0]} px, its image {shape[1]}x{shape[0]}")
+    return (mask.max(axis=2) > 127).astype(np.uint8)
+
+
+def box_map(box: XYXY, size: int) -> np.ndarray:
+    """A size x size uint8 map with 1 inside the box: the lesion's extent where no mask was drawn."""
+    lesion = np.zeros((size, size), dtype=np.uint8)
+    y0, y1, x0, x1 = _pixel_box(box, size, size)
+    lesion[y0:y1, x0:x1] = 1
+    return lesion
 
 
 def apply_with_box(transform: A.Compose, image: np.ndarray, box: XYXY | None) -> tuple[np.ndarray, XYXY | None]:

@@ -65,18 +65,23 @@ class LoadReport:
         )
 
 
-def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+def create_model(name: str, pretrained: bool = False, lesion_map: bool = False, **kwargs) -> nn.Module:
     """'my_convnext', 'my_densenet' or any timm model name (resnet50, densenet121, ...).
 
     kwargs go to the builder (num_classes for all). With pretrained, the ImageNet weights of the
     matching timm model come from its weights package when one exists (tf_efficientnet_lite0/1/2,
     no network needed), else from timm's hub (or its local cache). Every pretrained tensor but the
-    classifier must load; the classifier is re-initialised when the class count differs.
+    classifier must load; the classifier is re-initialised when the class count differs. With
+    lesion_map, the model gets an auxiliary lesion-map head (project.models.lesion_map) after that.
     """
     model = _build(name, **kwargs)
     if pretrained:
         report = load_pretrained(model, _timm_name_of(model, name))
         logger.info("pretrained weights for %s: %s", name, report.summary())
+    if lesion_map:
+        from project.models.lesion_map import WithLesionMap  # it builds on this module's param_groups
+
+        model = WithLesionMap(model)
     return model
 
 

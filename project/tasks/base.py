@@ -78,6 +78,10 @@ class Task(ABC):
         """Keep what this run's later calls (evaluate, ...) need from its arguments and training samples."""
         return None
 
+    def wants_lesion_maps(self, args: argparse.Namespace) -> bool:
+        """Whether the shared training dataset packs each image's lesion map into its target (losses.LesionMapLoss)."""
+        return False
+
     def datasets(
         self, args: argparse.Namespace, train: Sequence[Sample], val: Sequence[Sample], model: nn.Module
     ) -> TaskDatasets | None:
