@@ -62,7 +62,8 @@ def test_the_lesion_map_follows_the_border_crop(tmp_path: Path) -> None:
 def test_a_filled_box_stands_in_for_a_missing_mask(tmp_path: Path) -> None:
     _framed_image(tmp_path / "image.png")
     preprocessor = Preprocessor(Preprocess(img_size=90))
-    _, box, lesion = preprocessor.with_lesion_map(tmp_path / "image.png", (55 / 120, 40 / 100, 30 / 120, 20 / 100), None)
+    box = (55 / 120, 40 / 100, 30 / 120, 20 / 100)
+    _, box, lesion = preprocessor.with_lesion_map(tmp_path / "image.png", box, None)
     assert _extent(lesion) == pytest.approx(box, abs=1.5 / 90)
     assert preprocessor.with_lesion_map(tmp_path / "image.png", None, None)[2] is None
 
