@@ -26,6 +26,7 @@ from project.data.layout import Sample
 from project.data.submission import write_cla_csv
 from project.evaluate import evaluate_folders
 from project.fileio import atomic_write_csv, atomic_write_text, numeric_order_key
+from project.models.lesion_map import WithLesionMap
 from project.plots import plot_confusion_matrices, plot_learning_curves, save_figure
 from project.predict import ImageFolderDataset, Member, Predictions, load_members, predict_folder
 from project.runfolder import (
@@ -196,8 +197,12 @@ def gradcam_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
 
     Fallbacks for other timm models: the module timm's `feature_info` names last (resnet:
     layer4, densenet: features.norm5, efficientnet: blocks.6), else the last Conv2d. Models
-    whose last features are tokens (ViT, Swin) would need a reshape and are not supported.
+    whose last features are tokens (ViT, Swin) would need a reshape and are not supported. A model
+    with a lesion-map head is read in its classifier (the head is not on the eval path).
     """
+    if isinstance(model, WithLesionMap):
+        name, layer = gradcam_target_layer(model.net)
+        return f"net.{name}", layer
     if isinstance(getattr(model, "stages", None), nn.Sequential):
         return f"stages.{len(model.stages) - 1}", model.stages[-1]
     info = getattr(model, "feature_info", None)

@@ -17,6 +17,7 @@ from project.data.layout import Sample
 from project.evaluate import evaluate_folders
 from project.metrics import classification_report
 from project.models.convnext import build_my_convnext
+from project.models.factory import create_model
 from project.report import (
     ReportError,
     Validation,
@@ -189,6 +190,8 @@ def test_gradcam_layer_for_myconvnext_and_timm_fallback() -> None:
     assert name == "stages.3"
     resnet = timm.create_model("resnet18", num_classes=4)
     assert gradcam_target_layer(resnet) == ("layer4", resnet.layer4)
+    with_map = create_model("resnet18", num_classes=4, lesion_map=True)  # not its lesion head, off the eval path
+    assert gradcam_target_layer(with_map) == ("net.layer4", with_map.net.layer4)
 
 
 def test_missing_run_files_are_named(tmp_path: Path, capsys) -> None:
