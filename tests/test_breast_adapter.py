@@ -101,6 +101,8 @@ def test_class_folders_and_boxes_from_masks(source, tmp_path: Path) -> None:
         folder = out / "train" / "cla" / f"{str(row['BIRADS']).upper()}类"
         image = folder / "images" / str(row["Image_filename"])
         assert image.is_symlink() and image.resolve() == (src / IMAGE_DIR / image.name).resolve()
+        mask = folder / "masks" / image.name
+        assert mask.resolve() == (src / IMAGE_DIR / str(row["Mask_tumor_filename"])).resolve()
         [(class_id, (cx, cy, w, h))] = parse_label_file(folder / "labels" / f"{image.stem}.txt")
         assert class_id == CLASSES.index(str(row["BIRADS"]).upper()) + 1
         np.testing.assert_allclose([(cx - w / 2) * WIDTH, (cy - h / 2) * HEIGHT, w * WIDTH, h * HEIGHT],

@@ -220,7 +220,8 @@ def _feature_counts(rows: Sequence[Row]) -> dict[str, dict[str, int]]:
 
 
 def convert_breast(src: Path, out: Path, folds: int = 5, seed: int = 0, link: str = "symlink") -> ConversionSummary:
-    """Write `out/train/cla/<k>类/...`, `out/train/fea/...`, `out/metadata.csv` and `out/dataset.yaml`."""
+    """Write `out/train/cla/<k>类/...` (with each tumour mask under `masks/`), `out/train/fea/...`,
+    `out/metadata.csv` and `out/dataset.yaml`."""
     src, out = Path(src), Path(out)
     if link not in LINK_MODES:
         raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
@@ -233,8 +234,9 @@ def convert_breast(src: Path, out: Path, folds: int = 5, seed: int = 0, link: st
     placed: Counter[str] = Counter()
     for row, box in zip(rows, boxes):
         source = images / row.image
-        placed[place_image(source, out / "train" / "cla" / class_folder_name(row.birads) / "images" / row.image,
-                           link)] += 1
+        class_folder = out / "train" / "cla" / class_folder_name(row.birads)
+        placed[place_image(source, class_folder / "images" / row.image, link)] += 1
+        place_image(images / row.mask, class_folder / "masks" / row.image, link)
         placed[place_image(source, out / "train" / "fea" / "images" / row.image, link)] += 1
         _write_labels(out, row, box)
     metadata = [(r.image, r.case, f, r.birads, r.pathology, r.verification, r.diagnosis, *r.descriptors)
