@@ -242,12 +242,16 @@ class Trainer:
         total, count = torch.zeros((), device=self.device), 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1} train", disable=not is_main_process(),
                    leave=False, mininterval=2.0)
-        for images, targets in bar:
+        for batch, (images, targets) in enumerate(bar):
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             targets = targets.to(self.device, non_blocking=True)
             if self.batch_transform is not None:
                 images, targets = self.batch_transform(images, targets)
             loss = self._step(network, images, targets)
+            if self.ema is not None:
+                # The run's step count turns on the EMA warm-up: its decay rises from 0 towards ema_decay
+                # (without it, a 0.999 average over a few hundred steps would stay near the initial weights).
+                self.ema.update(self.model, step=self.epoch * steps_per_epoch + batch)
             step += 1
             self.scheduler.step_update(step)
             total += loss * len(images)
@@ -267,8 +271,6 @@ class Trainer:
             nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.ema is not None:
-            self.ema.update(self.model)
         return loss.detach().float()
 
     @torch.inference_mode()

@@ -107,6 +107,28 @@ def test_select_last_keeps_the_final_epoch(phantom_small: Path, tmp_path: Path) 
     assert returned["epoch"] == 3 and returned["val_score"] == config.metrics["score"]  # what the checkpoint holds
 
 
+def test_ema_follows_the_training_from_its_warm_up(phantom_small: Path, tmp_path: Path, monkeypatch) -> None:
+    """With decay 0.999 over a few dozen steps, the warm-up is what lets the average leave the initial weights."""
+    from project.engine import Trainer
+
+    distances = {}
+    original = Trainer.fit
+
+    def record(self):
+        initial = [p.detach().clone() for p in self.model.parameters()]
+        result = original(self)
+        trained = [p.detach() for p in self.model.parameters()]
+        averaged = [p.detach() for p in self.ema.module.parameters()]
+        distances["to_trained"] = sum(float((a - t).norm()) for a, t in zip(averaged, trained))
+        distances["to_initial"] = sum(float((a - i).norm()) for a, i in zip(averaged, initial))
+        return result
+
+    monkeypatch.setattr(Trainer, "fit", record)
+    run(["--data", str(phantom_small), "--out", str(tmp_path / "ema"), "--epochs", "3", "--ema-decay", "0.999",
+         *TINY_CLS], "cla")
+    assert distances["to_trained"] < 0.5 * distances["to_initial"]
+
+
 def test_staged_unfreezing_trains_only_the_named_groups(phantom_small: Path, tmp_path: Path, monkeypatch) -> None:
     from project.engine import Trainer
 
