@@ -118,6 +118,13 @@ def _optimizer(
     return torch.optim.AdamW(groups, lr=lr)
 
 
+def to_device(targets: torch.Tensor | Sequence[torch.Tensor], device: torch.device) -> torch.Tensor | tuple:
+    """A batch's targets on the device: one tensor, or a tuple of them (a task's targets with lesion maps)."""
+    if isinstance(targets, torch.Tensor):
+        return targets.to(device, non_blocking=True)
+    return tuple(target.to(device, non_blocking=True) for target in targets)
+
+
 def _scheduler(optimizer, config: EngineConfig, stage: Stage, steps_per_epoch: int) -> CosineLRScheduler:
     total = max(stage.epochs * steps_per_epoch, 1)
     warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
@@ -244,7 +251,7 @@ class Trainer:
                    leave=False, mininterval=2.0)
         for batch, (images, targets) in enumerate(bar):
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            targets = targets.to(self.device, non_blocking=True)
+            targets = to_device(targets, self.device)
             if self.batch_transform is not None:
                 images, targets = self.batch_transform(images, targets)
             loss = self._step(network, images, targets)

@@ -209,44 +209,32 @@ class PartialLabelLoss(nn.Module):
         return ((1 - self.label_smoothing) * set_weight * nll + self.label_smoothing * smoothing).mean()
 
 
-def lesion_map_target(target: torch.Tensor, lesion: torch.Tensor | None, side: int) -> torch.Tensor:
-    """A class-index target packed with its lesion map for LesionMapLoss: [class, side² map values in [0, 1]],
-    the map all -1 where the lesion is unknown."""
-    values = lesion.float().flatten() if lesion is not None else torch.full((side * side,), -1.0)
-    return torch.cat([target.float().view(1), values])
+UNKNOWN_MAP = -1.0  # the value of every cell of a lesion map that is not known
 
 
 class LesionMapLoss(nn.Module):
-    """The class loss plus `weight` times the binary cross-entropy of a coarse lesion map.
+    """The task's loss plus `weight` times the binary cross-entropy of a coarse lesion map.
 
-    Training logits are [B, K + g²]: K class logits, then a g x g lesion-map logit grid (models built
-    with `lesion_map`). Training targets are lesion_map_target rows; each map is area-averaged onto
-    the grid, so a cell's target is the share of it the lesion covers; images with an unknown map
-    add nothing. Class-index targets alone (validation, where the model gives only the K class
-    logits) get the class loss alone.
+    In training the model (built with `lesion_map`) gives (logits, map logits [B, g, g]) and the
+    targets are (task targets, lesion maps [B, s, s] in [0, 1], UNKNOWN_MAP where not known). Each
+    map is area-averaged onto the g x g grid, so a cell's target is the share of it the lesion
+    covers; images with an unknown map add nothing. Plain logits and targets (validation, where
+    the model gives its logits alone) get the task's loss alone.
     """
 
-    def __init__(self, class_loss: nn.Module, num_classes: int, weight: float) -> None:
+    def __init__(self, task_loss: nn.Module, weight: float) -> None:
         super().__init__()
-        self.class_loss, self.num_classes, self.weight = class_loss, num_classes, weight
+        self.task_loss, self.weight = task_loss, weight
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if targets.ndim == 1:
-            return self.class_loss(logits[:, : self.num_classes], targets)
-        classes = targets[:, 0].round().long()
-        loss = self.class_loss(logits[:, : self.num_classes], classes)
-        known = targets[:, 1] >= 0
-        if self.weight == 0 or not bool(known.any()):
+    def forward(
+        self, outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor | Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.task_loss(outputs, targets)
+        (logits, map_logits), (task_targets, maps) = outputs, targets
+        loss = self.task_loss(logits, task_targets)
+        known = maps.flatten(1)[:, 0] != UNKNOWN_MAP
+        if not bool(known.any()):
             return loss
-        grid, side = _square_side(logits.shape[1] - self.num_classes), _square_side(targets.shape[1] - 1)
-        maps = targets[known, 1:].view(-1, 1, side, side)
-        cover = F.adaptive_avg_pool2d(maps, grid).flatten(1)
-        map_logits = logits[known, self.num_classes :].float()
-        return loss + self.weight * F.binary_cross_entropy_with_logits(map_logits, cover)
-
-
-def _square_side(count: int) -> int:
-    side = round(count**0.5)
-    if side * side != count or side == 0:
-        raise ValueError(f"expected a square lesion map, got {count} values")
-    return side
+        cover = F.adaptive_avg_pool2d(maps[known].unsqueeze(1).float(), map_logits.shape[-2:]).squeeze(1)
+        return loss + self.weight * F.binary_cross_entropy_with_logits(map_logits[known].float(), cover)

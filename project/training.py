@@ -22,6 +22,7 @@ from project.data.layout import NotADataset, Sample
 from project.data.splits import kfold_indices, train_val_indices
 from project.data.transforms import AugmentConfig, CutBlackConfig, Preprocess
 from project.engine import EngineConfig, Stage, Trainer
+from project.losses import LesionMapLoss
 from project.models.checkpoint import CheckpointConfig
 from project.models.factory import PretrainedWeightsUnavailable, create_model, load_init_weights
 from project.runfolder import ARGS_FILE, VALIDATION_FILE, write_validation_split
@@ -93,6 +94,10 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     add("--no-augment", dest="augment", action="store_false")
     add("--augment-options", type=json.loads, default={}, help="AugmentConfig fields as JSON")
     add("--cutmix", type=float, default=0.5, help="probability of lesion-box CutMix")
+    if task.lesion_maps:
+        add("--lesion-map", type=float, default=0.0,
+            help="weight of an auxiliary lesion-map head's loss, learnt from the images' masks/ (else their "
+                 "lesion boxes); 0 = no such head")
     task.add_arguments(parser)
     return parser
 
@@ -205,11 +210,15 @@ def _lesion_datasets(
     preprocess = _preprocess(args, model)
     augment = AugmentConfig(**args.augment_options) if args.augment else None
     train_data = LesionDataset(train, preprocess, task, augment, CutMixConfig(p=args.cutmix), seed=args.seed,
-                               lesion_maps=task.wants_lesion_maps(args))
+                               lesion_maps=_lesion_map_weight(args) > 0)
     val_data = LesionDataset(val, preprocess, task)
     if args.cache == "ram":
         cache_images([train_data, val_data], args.data)
     return TaskDatasets(train_data, val_data, preprocess.to_dict())
+
+
+def _lesion_map_weight(args: argparse.Namespace) -> float:
+    return getattr(args, "lesion_map", 0.0)
 
 
 def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int = 1) -> Setup:
@@ -218,6 +227,12 @@ def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int 
     train_samples, val_samples = split_samples(samples, args)
     task.configure(args, train_samples)
     model_name, kwargs = task.model_spec(args)
+    criterion, batch_transform = task.loss(args, train_samples), task.batch_transform(args)
+    if _lesion_map_weight(args) > 0:
+        if batch_transform is not None:
+            raise SystemExit("--lesion-map cannot go with a batch transform such as --mixup: it mixes no maps")
+        kwargs = {**kwargs, "lesion_map": True}
+        criterion = LesionMapLoss(criterion, _lesion_map_weight(args))
     seed_everything(args.seed + rank, args.deterministic)  # a new head's (or a scratch model's) initial weights
     model = _build_model(args, model_name, kwargs)
     data = (task.datasets(args, train_samples, val_samples, model)
@@ -229,9 +244,9 @@ def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int 
         train_data=data.train,
         val_data=data.val,
         model=model,
-        criterion=task.loss(args, train_samples),
+        criterion=criterion,
         sampler=task.train_sampler(args, train_samples, rank, world_size),
-        batch_transform=task.batch_transform(args),
+        batch_transform=batch_transform,
         engine_config=_engine_config(args),
         checkpoint_config=CheckpointConfig(
             task=task.name, model_name=model_name, model_kwargs=kwargs, labels=task.labels,

@@ -101,8 +101,8 @@ def test_class_folders_and_boxes_from_masks(source, tmp_path: Path) -> None:
         folder = out / "train" / "cla" / f"{str(row['BIRADS']).upper()}类"
         image = folder / "images" / str(row["Image_filename"])
         assert image.is_symlink() and image.resolve() == (src / IMAGE_DIR / image.name).resolve()
-        mask = folder / "masks" / image.name
-        assert mask.resolve() == (src / IMAGE_DIR / str(row["Mask_tumor_filename"])).resolve()
+        for mask in (folder / "masks" / image.name, out / "train" / "fea" / "masks" / image.name):
+            assert mask.resolve() == (src / IMAGE_DIR / str(row["Mask_tumor_filename"])).resolve()
         [(class_id, (cx, cy, w, h))] = parse_label_file(folder / "labels" / f"{image.stem}.txt")
         assert class_id == CLASSES.index(str(row["BIRADS"]).upper()) + 1
         np.testing.assert_allclose([(cx - w / 2) * WIDTH, (cy - h / 2) * HEIGHT, w * WIDTH, h * HEIGHT],
@@ -114,7 +114,7 @@ def test_feature_files_follow_the_mapping_and_direction_is_absent(source, tmp_pa
     out = tmp_path / "out"
     summary = convert_breast(src, out, folds=2)
     fea = out / "train" / "fea"
-    folders = ["boundary_labels", "calcification_labels", "images", "shape_labels"]
+    folders = ["boundary_labels", "calcification_labels", "images", "masks", "shape_labels"]
     assert sorted(p.name for p in fea.iterdir()) == folders
     assert summary.per_feature == {
         "boundary": {"0": 5, "1": 7}, "calcification": {"0": 8, "1": 3, "unknown": 1}, "shape": {"0": 5, "1": 7},

@@ -15,7 +15,7 @@ from project.data.datasets import LESION_MAP_REDUCTION, CutMixConfig, LesionData
 from project.data.imageio import ImageReadError
 from project.data.layout import Sample
 from project.data.transforms import AugmentConfig, Preprocess, Preprocessor
-from project.losses import ClassificationLoss, LesionMapLoss, lesion_map_target
+from project.losses import UNKNOWN_MAP, ClassificationLoss, LesionMapLoss
 from project.models.checkpoint import load_checkpoint
 from project.models.factory import create_model, param_groups
 from project.tasks import create_task
@@ -90,10 +90,10 @@ def _lesion_samples(tmp_path: Path) -> list[Sample]:
     return samples
 
 
-def _packed_map(target: torch.Tensor, img_size: int) -> torch.Tensor:
+def _lesion_map(target: tuple[torch.Tensor, torch.Tensor], img_size: int) -> torch.Tensor:
     side = img_size // LESION_MAP_REDUCTION
-    assert target.shape == (1 + side * side,)
-    return target[1:].view(side, side)
+    assert target[1].shape == (side, side)
+    return target[1]
 
 
 def test_the_map_is_flipped_with_the_image(tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_the_map_is_flipped_with_the_image(tmp_path: Path) -> None:
     flip = AugmentConfig(**{**NO_AUGMENT, "hflip": 1.0})
     dataset = LesionDataset(samples[:1], Preprocess(img_size=64, cut_black=None), CLA, flip, lesion_maps=True)
     image, target = dataset[0]
-    lesion = _packed_map(target, 64)
+    lesion = _lesion_map(target, 64)
     assert int(target[0]) == 0
     assert lesion[:, 8:].sum() > 0 and lesion[:, :8].sum() == 0  # the lesion moved to the right half
     brightness = torch.nn.functional.avg_pool2d(image[:1][None], LESION_MAP_REDUCTION)[0, 0]
@@ -116,53 +116,69 @@ def test_box_cutmix_pastes_the_other_lesion_and_its_map(tmp_path: Path) -> None:
     for _ in range(16):  # the other image is drawn at random (itself included)
         image, target = dataset[0]
         classes.add(int(target[0]))
-        lesion = _packed_map(target, 64)
+        lesion = _lesion_map(target, 64)
         # Box to box: a lesion fills this image's box (x 8..24, y 20..36), the map with it.
         assert lesion[5:9, 2:6].min() == 1 and lesion.sum() == 16
         assert image[0, 20:36, 8:24].min() > image[0].mean()
     assert classes == {0, 1}  # the pasted lesion brings its class
 
 
-def test_an_unknown_map_is_packed_as_minus_one() -> None:
-    packed = lesion_map_target(torch.tensor(3), None, side=4)
-    assert packed[0] == 3 and packed.shape == (17,) and (packed[1:] == -1).all()
+def test_an_image_without_mask_or_box_has_an_unknown_map(tmp_path: Path) -> None:
+    sample = _lesion_samples(tmp_path)[0]
+    sample.box = sample.mask = None
+    _, (label, lesion) = LesionDataset([sample], Preprocess(img_size=32, cut_black=None), CLA, lesion_maps=True)[0]
+    assert int(label) == 0 and lesion.shape == (8, 8) and (lesion == UNKNOWN_MAP).all()
 
 
 def test_the_loss_adds_the_map_term_only_where_the_map_is_known() -> None:
     torch.manual_seed(0)
     class_loss = ClassificationLoss()
-    loss = LesionMapLoss(class_loss, num_classes=3, weight=0.5)
-    logits = torch.randn(2, 3 + 4)  # a 2x2 grid
-    lesion = torch.zeros(4, 4)
-    lesion[:2, :2] = 1  # the top-left cell is covered, the others empty
-    targets = torch.stack([lesion_map_target(torch.tensor(1), lesion, 4), lesion_map_target(torch.tensor(2), None, 4)])
+    loss = LesionMapLoss(class_loss, weight=0.5)
+    logits, map_logits = torch.randn(2, 3), torch.randn(2, 2, 2)
+    lesion = torch.zeros(2, 4, 4)
+    lesion[0, :2, :2] = 1  # the top-left cell of the first image is covered, its other cells empty
+    lesion[1] = UNKNOWN_MAP
     classes = torch.tensor([1, 2])
-    expected_map = F.binary_cross_entropy_with_logits(logits[:1, 3:], torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
-    assert loss(logits, targets) == pytest.approx(float(class_loss(logits[:, :3], classes) + 0.5 * expected_map))
-    assert loss(logits[:, :3], classes) == pytest.approx(float(class_loss(logits[:, :3], classes)))
-    unknown_only = targets[1:]
-    assert loss(logits[1:], unknown_only) == pytest.approx(float(class_loss(logits[1:, :3], classes[1:])))
+    expected_map = F.binary_cross_entropy_with_logits(map_logits[0], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    combined = loss((logits, map_logits), (classes, lesion))
+    assert combined == pytest.approx(float(class_loss(logits, classes) + 0.5 * expected_map))
+    assert loss(logits, classes) == pytest.approx(float(class_loss(logits, classes)))  # validation: no map
+    unknown_only = loss((logits[1:], map_logits[1:]), (classes[1:], lesion[1:]))
+    assert unknown_only == pytest.approx(float(class_loss(logits[1:], classes[1:])))
 
 
 def test_the_head_adds_grid_logits_in_training_and_nothing_in_eval() -> None:
     torch.manual_seed(0)
     model = create_model("tf_efficientnet_lite0", num_classes=4, lesion_map=True)
     x = torch.randn(2, 3, 64, 64)
-    assert model.train()(x).shape == (2, 4 + 2 * 2)
+    logits, map_logits = model.train()(x)
+    assert logits.shape == (2, 4) and map_logits.shape == (2, 2, 2)
     model.eval()
     assert torch.equal(model(x), model.net(x))
     head = {id(p) for p in param_groups(model)["head"]}
     assert all(id(p) in head for p in model.lesion_head.parameters())
 
 
-def test_a_lesion_map_run_checkpoints_a_model_that_predicts_classes(phantom_small: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    run(["--data", str(phantom_small), "--out", str(out), "--epochs", "2", "--model", "convnext_atto",
-         "--img-size", "64", "--batch-size", "16", "--workers", "0", "--cutmix", "0.5", "--lesion-map", "0.5"], "cla")
+@pytest.mark.parametrize("task", ["cla", "fea"])
+def test_a_lesion_map_run_checkpoints_a_model_that_predicts_as_before(
+    phantom_small: Path, tmp_path: Path, task: str
+) -> None:
+    out = tmp_path / task
+    model_args = (["--model", "convnext_atto"] if task == "cla" else
+                  ["--model", "densenet121", "--model-kwargs", '{"growth_rate": 8, "block_config": [1, 1, 1, 1]}'])
+    run(["--data", str(phantom_small), "--out", str(out), "--epochs", "1", *model_args, "--img-size", "64",
+         "--batch-size", "16", "--workers", "0", "--cutmix", "0.5", "--lesion-map", "0.5"], task)
     model, config = load_checkpoint(out / "best.safetensors")
     assert config.model_kwargs["lesion_map"] is True
-    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, len(config.labels))
     assert "lesion_head.weight" in dict(model.named_parameters())
+    expected = (1, len(config.labels)) if task == "cla" else (1, len(config.labels), 2)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == expected
+
+
+def test_a_lesion_map_cannot_go_with_mixup(phantom_small: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--lesion-map cannot go with a batch transform"):
+        run(["--data", str(phantom_small), "--out", str(tmp_path / "run"), "--model", "convnext_atto",
+             "--lesion-map", "1", "--mixup", "0.2"], "cla")
 
 
 def test_the_cache_keeps_known_maps_and_unknown_ones_stay_unknown(tmp_path: Path) -> None:

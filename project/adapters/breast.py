@@ -220,7 +220,7 @@ def _feature_counts(rows: Sequence[Row]) -> dict[str, dict[str, int]]:
 
 
 def convert_breast(src: Path, out: Path, folds: int = 5, seed: int = 0, link: str = "symlink") -> ConversionSummary:
-    """Write `out/train/cla/<k>类/...` (with each tumour mask under `masks/`), `out/train/fea/...`,
+    """Write `out/train/cla/<k>类/...` and `out/train/fea/...` (each with the tumour masks under `masks/`),
     `out/metadata.csv` and `out/dataset.yaml`."""
     src, out = Path(src), Path(out)
     if link not in LINK_MODES:
@@ -238,6 +238,7 @@ def convert_breast(src: Path, out: Path, folds: int = 5, seed: int = 0, link: st
         placed[place_image(source, class_folder / "images" / row.image, link)] += 1
         place_image(images / row.mask, class_folder / "masks" / row.image, link)
         placed[place_image(source, out / "train" / "fea" / "images" / row.image, link)] += 1
+        place_image(images / row.mask, out / "train" / "fea" / "masks" / row.image, link)
         _write_labels(out, row, box)
     metadata = [(r.image, r.case, f, r.birads, r.pathology, r.verification, r.diagnosis, *r.descriptors)
                 for r, f in zip(rows, fold_of)]

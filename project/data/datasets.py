@@ -24,7 +24,7 @@ from project.data.transforms import (
     random_box,
     to_tensor,
 )
-from project.losses import lesion_map_target
+from project.losses import UNKNOWN_MAP
 
 # The lesion map travels with a target at a quarter of the image side: fine enough for any grid of
 # stride 4 or more, and 16 times less to collate than the full map.
@@ -60,7 +60,8 @@ class LesionDataset(Dataset):
     Every image is preprocessed (decode, CutBlack, CLAHE, resize), CutMixed, then augmented. The
     preprocessed images can be held in RAM (`cache_images`) so that each epoch only mixes and augments.
     With `lesion_maps`, each image's lesion map (its mask, else its filled box) is mixed and augmented
-    with it and packed into the target (losses.lesion_map_target) for an auxiliary lesion-map head.
+    with it, and the item's target becomes (the task's target, the map at a quarter of the image side,
+    UNKNOWN_MAP everywhere where it is not known) for losses.LesionMapLoss.
     """
 
     def __init__(
@@ -139,7 +140,7 @@ class LesionDataset(Dataset):
         mixed = paste_box(image, region, other_image, region)
         return mixed, pasted, self.task.mix(target, self.target(other), box_area(region))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         # CutMix before augmentation: the pasted lesion moves and changes with the image around it,
         # and the augmentation never has to track boxes (which would cost it three quarters of its time).
         image, lesion, target = self._mix(index, *self.load(index))
@@ -153,6 +154,7 @@ class LesionDataset(Dataset):
         if not self.lesion_maps:
             return tensor, target
         side = self.preprocess.img_size // LESION_MAP_REDUCTION
-        reduced = None if lesion is None else torch.from_numpy(
-            cv2.resize(lesion.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA))
-        return tensor, lesion_map_target(target, reduced, side)
+        if lesion is None:
+            return tensor, (target, torch.full((side, side), UNKNOWN_MAP))
+        reduced = cv2.resize(lesion.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
+        return tensor, (target, torch.from_numpy(reduced))

@@ -199,6 +199,11 @@ def _images(folder: Path) -> list[Path]:
     return list_images(folder) if folder.is_dir() else []
 
 
+def _masks(folder: Path) -> dict[str, Path]:
+    """Lesion masks by the stem of their image (optional `masks/` folders)."""
+    return {path.stem: path for path in _images(folder)}
+
+
 def match_folder(
     folder_name: str, classes: Sequence[str], coarse_labels: Mapping[str, Sequence[str]] | None = None
 ) -> tuple[int | None, tuple[int, ...] | None]:
@@ -238,7 +243,7 @@ def scan_classification(
             continue
         images = _images(folder / "images")
         label_files = _label_files(folder / "labels", {p.stem for p in images}, scan)
-        masks = {path.stem: path for path in _images(folder / "masks")}
+        masks = _masks(folder / "masks")
         for image in images:
             sample = Sample(path=image, label=label, allowed=allowed, mask=masks.get(image.stem))
             label_file = label_files.get(image.stem)
@@ -278,7 +283,7 @@ def _read_class_label(label_file: Path, label: int | None, sample: Sample, scan:
 
 
 def scan_features(split_dir: Path, tasks: Sequence[str] = FEATURE_TASKS) -> Scan:
-    """Read `split_dir/fea/images` and `<task>_labels`; a missing file leaves that task unknown."""
+    """Read `split_dir/fea/images`, `<task>_labels` (a missing file leaves that task unknown) and `masks`."""
     scan = Scan()
     fea_dir = Path(split_dir) / "fea"
     if not fea_dir.is_dir():
@@ -286,8 +291,9 @@ def scan_features(split_dir: Path, tasks: Sequence[str] = FEATURE_TASKS) -> Scan
     images = _images(fea_dir / "images")
     image_stems = {p.stem for p in images}
     per_task = {task: _label_files(fea_dir / f"{task}_labels", image_stems, scan) for task in tasks}
+    masks = _masks(fea_dir / "masks")
     for image in images:
-        sample = Sample(path=image, features={task: None for task in tasks})
+        sample = Sample(path=image, features={task: None for task in tasks}, mask=masks.get(image.stem))
         for task in tasks:
             label_file = per_task[task].get(image.stem)
             if label_file is not None:

@@ -19,9 +19,9 @@ from project.models.factory import param_groups
 class WithLesionMap(nn.Module):
     """`net` (any model with forward_features → [B, C, h, w] and forward_head) plus a lesion-map logit per cell.
 
-    In training mode forward returns [B, K + h·w]: the K class logits, then the map's logits
-    row by row (losses.LesionMapLoss reads them); in eval mode the K class logits alone, so
-    prediction, evaluation and TTA never see the map.
+    In training mode forward returns (the network's logits, the map's logits [B, h, w]), which
+    losses.LesionMapLoss reads; in eval mode the network's logits alone, so prediction,
+    evaluation and TTA never see the map.
     """
 
     def __init__(self, net: nn.Module) -> None:
@@ -38,12 +38,12 @@ class WithLesionMap(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.net.forward_head(x, pre_logits=pre_logits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         features = self.forward_features(x)
         logits = self.forward_head(features)
         if not self.training:
             return logits
-        return torch.cat([logits, self.lesion_head(features).flatten(1).to(logits.dtype)], dim=1)
+        return logits, self.lesion_head(features).squeeze(1)
 
     def get_classifier(self) -> nn.Module:
         return self.net.get_classifier()

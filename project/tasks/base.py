@@ -50,6 +50,9 @@ class Task(ABC):
     title: ClassVar[str]  # what the trainer trains, for --help
     default_model: ClassVar[str]
     default_lr: ClassVar[float]
+    # Whether the trainer offers --lesion-map: an auxiliary lesion-map head learnt beside this task's
+    # loss, from the shared dataset's masks or boxes (project.models.lesion_map).
+    lesion_maps: ClassVar[bool] = False
 
     def __init__(self, labels: Sequence[str]) -> None:
         self.labels = list(labels)
@@ -77,10 +80,6 @@ class Task(ABC):
     def configure(self, args: argparse.Namespace, train: Sequence[Sample]) -> None:
         """Keep what this run's later calls (evaluate, ...) need from its arguments and training samples."""
         return None
-
-    def wants_lesion_maps(self, args: argparse.Namespace) -> bool:
-        """Whether the shared training dataset packs each image's lesion map into its target (losses.LesionMapLoss)."""
-        return False
 
     def datasets(
         self, args: argparse.Namespace, train: Sequence[Sample], val: Sequence[Sample], model: nn.Module

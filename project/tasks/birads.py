@@ -16,13 +16,7 @@ from project.data.classes import first_malignant_class
 from project.data.layout import Sample, Scan, load_split
 from project.data.samplers import OversamplingSampler, class_draw_weights
 from project.data.submission import CLA_FILE, write_cla_csv
-from project.losses import (
-    ClassificationLoss,
-    LesionMapLoss,
-    PartialLabelLoss,
-    allowed_mask,
-    inverse_frequency_weights,
-)
+from project.losses import ClassificationLoss, PartialLabelLoss, allowed_mask, inverse_frequency_weights
 from project.metrics import classification_report
 from project.tasks.base import BatchTransform, Evaluation, Task, register_task
 
@@ -42,6 +36,7 @@ class ClassificationTask(Task):
     default_model = "convnext_tiny"
     default_lr = 4e-4
     partial = False  # set by configure when a training sample carries a coarse label
+    lesion_maps = True
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -58,9 +53,6 @@ class ClassificationTask(Task):
                  "equal share of the draws, balanced over its own classes, so the class cannot be told by the source")
         add("--weighted-loss", action="store_true", help="inverse-frequency class weights in the loss")
         add("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
-        add("--lesion-map", type=float, default=0.0,
-            help="weight of an auxiliary lesion-map head's loss, learnt from each class folder's masks/ "
-                 "(else the lesion box); 0 = no such head")
 
     @classmethod
     def load(cls, root: Path, split: str = "train") -> tuple[Scan, list[str]]:
@@ -88,11 +80,6 @@ class ClassificationTask(Task):
             raise SystemExit(f"{args.data}: --balance-by {args.balance_by!r} is not a metadata column of every image")
         if self.partial and args.mixup > 0:
             raise SystemExit("--mixup cannot mix coarse labels (dataset.yaml coarse_labels); leave it at 0")
-        if args.lesion_map > 0 and (self.partial or args.mixup > 0):
-            raise SystemExit("--lesion-map takes class-index targets: it cannot go with coarse labels or --mixup")
-
-    def wants_lesion_maps(self, args: argparse.Namespace) -> bool:
-        return args.lesion_map > 0
 
     def model_spec(self, args: argparse.Namespace) -> tuple[str, dict]:
         """ConvNeXt names get MyConvNeXt, my_efficientnet the same regularisation on an EfficientNet
@@ -100,20 +87,18 @@ class ClassificationTask(Task):
         timm baseline."""
         regularised = {"num_classes": len(self.labels), "p_block": args.p_block, "sd_max": args.sd_max,
                        "p_head": args.p_head}
-        head = {"lesion_map": True} if args.lesion_map > 0 else {}
         if args.model.startswith("convnext"):
-            return "my_convnext", {"backbone": args.model, **regularised, **head, **args.model_kwargs}
+            return "my_convnext", {"backbone": args.model, **regularised, **args.model_kwargs}
         if args.model == "my_efficientnet":
-            return "my_efficientnet", {**regularised, **head, **args.model_kwargs}
-        return args.model, {"num_classes": len(self.labels), **head, **args.model_kwargs}
+            return "my_efficientnet", {**regularised, **args.model_kwargs}
+        return args.model, {"num_classes": len(self.labels), **args.model_kwargs}
 
     def loss(self, args: argparse.Namespace, train: Sequence[Sample]) -> nn.Module:
         labels = [s.label for s in train if s.label is not None]
         class_weights = inverse_frequency_weights(labels, len(self.labels)) if args.weighted_loss else None
         if self.partial:
             return PartialLabelLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
-        loss = ClassificationLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
-        return LesionMapLoss(loss, len(self.labels), args.lesion_map) if args.lesion_map > 0 else loss
+        return ClassificationLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
 
     def train_sampler(
         self, args: argparse.Namespace, train: Sequence[Sample], rank: int, world_size: int

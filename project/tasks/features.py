@@ -31,6 +31,7 @@ class FeatureTask(Task):
     title = "lesion-feature recogniser (MyDenseNet or MyEfficientNetFeatures) on a challenge-layout dataset"
     default_model = "densenet121"
     default_lr = 1e-3
+    lesion_maps = True
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
