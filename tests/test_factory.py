@@ -57,6 +57,19 @@ def test_torch_checkpoint_with_nesting_and_wrapper_prefix_loads_completely(
         torch.testing.assert_close(target.state_dict()[key], tensor, rtol=0, atol=0)
 
 
+def test_weights_of_the_bare_network_fill_a_model_with_a_lesion_map_head(tmp_path: Path) -> None:
+    source = create_model("resnet10t", num_classes=3)
+    path = tmp_path / "plain.safetensors"
+    save_file(source.state_dict(), path)
+    target = create_model("resnet10t", num_classes=3, lesion_map=True)
+
+    report = load_init_weights(target, path)
+
+    assert report.skipped == {} and report.missing == ["lesion_head.weight", "lesion_head.bias"]
+    for key, tensor in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[f"net.{key}"], tensor, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", ["garbage.safetensors", "garbage.pth", "absent.pt"])
 def test_an_unreadable_weights_file_is_named_in_the_error(tmp_path: Path, name: str) -> None:
     path = tmp_path / name

@@ -40,6 +40,9 @@ _OWN_BUILDERS = {
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict", "module")
 # Prefixes added by wrappers: DistributedDataParallel, Lightning modules, torch.compile.
 _WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+# Prefixes under which our own wrappers hold a network (WithLesionMap's `net.`): a file of the bare
+# network loads into the wrapped one.
+_MODEL_WRAPPER_PREFIXES = ("net.",)
 _HUB_PROBE_TIMEOUT_S = 5.0
 
 
@@ -219,7 +222,7 @@ def load_init_weights(model: nn.Module, path: str | Path) -> LoadReport:
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> LoadReport:
     """Load the tensors of `state` whose name and shape fit the model; report the rest."""
     model_state = model.state_dict()
-    state = _strip_wrapper_prefixes(dict(state), model_state)
+    state = _add_model_wrapper_prefix(_strip_wrapper_prefixes(dict(state), model_state), model_state)
     loadable: dict[str, torch.Tensor] = {}
     skipped: dict[str, str] = {}
     for key, tensor in state.items():
@@ -273,6 +276,18 @@ def _strip_wrapper_prefixes(
     """Drop prefixes that every file key carries and no model key does."""
     while prefix := _wrapper_prefix(state, model_state):
         state = {key[len(prefix) :]: tensor for key, tensor in state.items()}
+    return state
+
+
+def _add_model_wrapper_prefix(
+    state: dict[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The keys under the model's wrapper prefix when none fits as it is and some fit under it."""
+    if any(key in model_state for key in state):
+        return state
+    for prefix in _MODEL_WRAPPER_PREFIXES:
+        if any(f"{prefix}{key}" in model_state for key in state):
+            return {f"{prefix}{key}": tensor for key, tensor in state.items()}
     return state
 
 
