@@ -1,4 +1,5 @@
-"""Both ultrasound heads on the EfficientNet-Lite trunk: shapes, regularisation, CBAM, offline weights by name."""
+"""Both ultrasound heads on the EfficientNet-Lite trunk: shapes, regularisation, CBAM, offline weights by name; the
+feature recogniser's ablations (no CBAM, no decoupling) on both of its trunks."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from project.models.densenet import TINY_DENSENET, TaskSpecificDecoupling
 from project.models.factory import create_model, param_groups
 from project.models.pretrained import offline_state_dict
 from project.tasks import create_task
@@ -50,6 +52,30 @@ def test_the_feature_recogniser_has_one_cbam_per_resolution_level() -> None:
     assert list(model.after_stage) == ["0", "1", "2", "4", "6"]
     hidden = [m.channel.fc1.out_channels for m in model.cbam_modules()]
     assert hidden == [16 // 8, 24 // 16, 40 // 24, 112 // 32, 320 // 40]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("my_efficientnet_features", {}),
+    ("my_densenet", {"backbone": "densenet121", **TINY_DENSENET}),
+])
+def test_the_ablations_drop_cbam_and_the_decoupling_and_rebuild_from_their_kwargs(name: str, kwargs: dict) -> None:
+    tasks = ["boundary", "shape", "calcification"]
+    full = create_model(name, tasks=tasks, **kwargs)
+    plain = create_model(name, tasks=tasks, cbam=False, decouple_dim=0, **kwargs).eval()
+
+    assert len(full.cbam_modules()) > 0 and plain.cbam_modules() == []
+    assert not any(isinstance(m, TaskSpecificDecoupling) for m in plain.modules())
+    assert plain.decoupling.fc.out_features == 2 * len(tasks)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits = plain(x)
+    assert logits.shape == (2, 3, 2)
+    rebuilt = create_model(name, **plain.model_kwargs).eval()
+    rebuilt.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), logits)
+    with pytest.raises(ValueError, match="decouple_dim"):
+        create_model(name, tasks=tasks, decouple_dim=-1, **kwargs)
 
 
 @pytest.mark.parametrize("name", ["my_efficientnet", "my_efficientnet_features"])

@@ -121,12 +121,36 @@ class TaskSpecificDecoupling(nn.Module):
         return torch.stack(logits, dim=1)
 
 
+class JointTaskHead(nn.Module):
+    """One linear layer from the embedding to every task's logits [B, T, num_classes]: the ablation
+    of task decoupling (`decouple_dim=0`), where the tasks share everything up to their logits."""
+
+    def __init__(self, in_features: int, num_tasks: int, num_classes: int = 2):
+        super().__init__()
+        self.num_tasks, self.num_classes = num_tasks, num_classes
+        self.fc = nn.Linear(in_features, num_tasks * num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).view(-1, self.num_tasks, self.num_classes)
+
+
+def task_heads(in_features: int, num_tasks: int, decouple_dim: int) -> nn.Module:
+    """Task decoupling with `decouple_dim`-wide projections, or one joint linear head when it is 0."""
+    if decouple_dim < 0:
+        raise ValueError(f"decouple_dim must be 0 (no decoupling) or positive, got {decouple_dim}")
+    if decouple_dim == 0:
+        return JointTaskHead(in_features, num_tasks)
+    return TaskSpecificDecoupling(in_features, num_tasks, decouple_dim)
+
+
 class MyDenseNet(nn.Module):
     """DenseNet features with dense-layer dropout and CBAM, an embedding head and task decoupling.
 
     Takes over `backbone.features` (a timm DenseNet's stem, blocks, transitions and final norm),
     so its parameter names match timm's and a timm DenseNet state dict loads with strict=False.
-    forward returns logits [B, T, 2], T = len(tasks), in the order of `tasks`.
+    forward returns logits [B, T, 2], T = len(tasks), in the order of `tasks`. For ablations,
+    `cbam=False` leaves the attention out and `decouple_dim=0` puts one joint head in place of the
+    decoupling.
     """
 
     def __init__(
@@ -136,16 +160,17 @@ class MyDenseNet(nn.Module):
         p_layer: float = 0.03,
         p_head: float = 0.5,
         decouple_dim: int = 128,
+        cbam: bool = True,
     ):
         super().__init__()
         self.tasks = tuple(tasks)
         self.num_features = backbone.num_features
         self.pretrained_cfg = backbone.pretrained_cfg
         add_dense_layer_dropout(backbone.features, p_layer)
-        self.features = insert_cbam(backbone.features)
+        self.features = insert_cbam(backbone.features) if cbam else backbone.features
         self.global_pool = SelectAdaptivePool2d(pool_type="avg", flatten=True)
         self.head = embedding_head(self.num_features, p_head)
-        self.decoupling = TaskSpecificDecoupling(EMBED_DIM, len(self.tasks), decouple_dim)
+        self.decoupling = task_heads(EMBED_DIM, len(self.tasks), decouple_dim)
         # Set by build_my_densenet: the JSON kwargs that rebuild this model.
         self.model_kwargs: dict[str, Any] | None = None
 
@@ -186,6 +211,7 @@ def build_my_densenet(
     p_layer: float = 0.03,
     p_head: float = 0.5,
     decouple_dim: int = 128,
+    cbam: bool = True,
     **backbone_kwargs: Any,
 ) -> MyDenseNet:
     """A randomly initialised MyDenseNet on timm's `backbone` (densenet121, 169, 201, 161, ...).
@@ -203,6 +229,7 @@ def build_my_densenet(
         "p_layer": p_layer,
         "p_head": p_head,
         "decouple_dim": decouple_dim,
+        "cbam": cbam,
         **backbone_kwargs,
     }
     try:
@@ -212,6 +239,6 @@ def build_my_densenet(
     network = timm.create_model(
         backbone, pretrained=False, num_classes=0, global_pool="", **backbone_kwargs
     )
-    model = MyDenseNet(network, tasks, p_layer, p_head, decouple_dim)
+    model = MyDenseNet(network, tasks, p_layer, p_head, decouple_dim, cbam)
     model.model_kwargs = model_kwargs
     return model

@@ -27,7 +27,7 @@ from torch import nn
 
 from project.data.classes import FEATURE_TASKS
 from project.models.convnext import followed_by_dropout, init_linear_layers
-from project.models.densenet import EMBED_DIM, TaskSpecificDecoupling, block_cbam, embedding_head
+from project.models.densenet import EMBED_DIM, block_cbam, embedding_head, task_heads
 
 
 class EfficientNetBody(nn.Module):
@@ -93,15 +93,19 @@ class MyEfficientNet(EfficientNetBody):
 class MyEfficientNetFeatures(EfficientNetBody):
     """EfficientNet trunk with CBAM after each resolution level, an embedding head and task decoupling.
 
-    forward returns logits [B, T, 2], T = len(tasks), in the order of `tasks`.
+    forward returns logits [B, T, 2], T = len(tasks), in the order of `tasks`. For ablations,
+    `cbam=False` leaves the attention out and `decouple_dim=0` puts one joint head in place of the
+    decoupling.
     """
 
-    def __init__(self, network: EfficientNet, tasks: Sequence[str], p_head: float, decouple_dim: int) -> None:
-        super().__init__(network, after_stage=_cbam_per_level(network))
+    def __init__(
+        self, network: EfficientNet, tasks: Sequence[str], p_head: float, decouple_dim: int, cbam: bool = True
+    ) -> None:
+        super().__init__(network, after_stage=_cbam_per_level(network) if cbam else None)
         self.tasks = tuple(tasks)
         self.global_pool = SelectAdaptivePool2d(pool_type="avg", flatten=True)
         self.head = embedding_head(self.num_features, p_head)
-        self.decoupling = TaskSpecificDecoupling(EMBED_DIM, len(self.tasks), decouple_dim)
+        self.decoupling = task_heads(EMBED_DIM, len(self.tasks), decouple_dim)
 
     def cbam_modules(self) -> list[nn.Module]:
         """The CBAM modules, one per resolution level, in forward order."""
@@ -147,10 +151,11 @@ def build_my_efficientnet_features(
     sd_max: float = 0.1,
     p_head: float = 0.5,
     decouple_dim: int = 128,
+    cbam: bool = True,
     **trunk_kwargs: Any,
 ) -> MyEfficientNetFeatures:
     """The lesion-feature recogniser on an EfficientNet trunk (stochastic depth stands in for dense-layer dropout)."""
-    model = MyEfficientNetFeatures(_network(backbone, sd_max, **trunk_kwargs), tasks, p_head, decouple_dim)
+    model = MyEfficientNetFeatures(_network(backbone, sd_max, **trunk_kwargs), tasks, p_head, decouple_dim, cbam)
     model.model_kwargs = {"backbone": backbone, "tasks": list(tasks), "sd_max": sd_max, "p_head": p_head,
-                          "decouple_dim": decouple_dim, **trunk_kwargs}
+                          "decouple_dim": decouple_dim, "cbam": cbam, **trunk_kwargs}
     return model
