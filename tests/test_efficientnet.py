@@ -1,5 +1,4 @@
-"""Both ultrasound heads on the EfficientNet-Lite trunk: shapes, regularisation, CBAM, offline weights by name; the
-feature recogniser's ablations (no CBAM, no decoupling) on both of its trunks."""
+"""Both ultrasound heads on the EfficientNet-Lite trunk (shapes, regularisation, CBAM, weights); feature ablations."""
 
 from __future__ import annotations
 
