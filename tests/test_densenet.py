@@ -11,7 +11,7 @@ from timm.models.densenet import DenseBlock, DenseLayer
 from torch import nn
 
 from project.data.classes import FEATURE_TASKS
-from project.models.densenet import TINY_DENSENET, build_my_densenet, dense_block_channels
+from project.models.densenet import TINY_DENSENET, block_cbam, build_my_densenet, dense_block_channels
 
 
 @pytest.fixture
@@ -136,3 +136,16 @@ def test_rejects_non_densenet_backbones_and_non_json_kwargs() -> None:
         build_my_densenet("resnet18")
     with pytest.raises(ValueError, match="JSON"):
         build_my_densenet(aa_layer=nn.Identity, **TINY_DENSENET)
+
+
+def test_residual_cbam_is_the_identity_at_zero_and_plain_cbam_at_one() -> None:
+    residual = block_cbam(16, 0, "residual")
+    plain = block_cbam(16, 0, "plain")
+    plain.load_state_dict({k: v for k, v in residual.state_dict().items() if k != "gamma"})
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(residual(x), x, rtol=0, atol=0)
+        residual.gamma.fill_(1.0)
+        torch.testing.assert_close(residual(x), plain(x))
+    with pytest.raises(ValueError, match="CBAM kind"):
+        block_cbam(16, 0, "none")

@@ -53,6 +53,22 @@ def test_the_feature_recogniser_has_one_cbam_per_resolution_level() -> None:
     assert hidden == [16 // 8, 24 // 16, 40 // 24, 112 // 32, 320 // 40]
 
 
+def test_residual_cbam_leaves_the_pretrained_trunk_unchanged_until_it_learns(
+    imagenet: dict[str, torch.Tensor],
+) -> None:
+    bare = create_model("my_efficientnet_features", tasks=["boundary"], cbam="none", pretrained=True).eval()
+    model = create_model("my_efficientnet_features", tasks=["boundary"], cbam="residual", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), bare.forward_features(x), rtol=0, atol=0)
+        plain = create_model("my_efficientnet_features", tasks=["boundary"], cbam="plain", pretrained=True).eval()
+        assert not torch.allclose(plain.forward_features(x), bare.forward_features(x), atol=1e-3)
+
+    model.train()
+    model(x).sum().backward()
+    assert all(cbam.gamma.grad.abs().sum() > 0 for cbam in model.cbam_modules())
+
+
 @pytest.mark.parametrize(("name", "kwargs"), [
     ("my_efficientnet_features", {}),
     ("my_densenet", {"backbone": "densenet121", **TINY_DENSENET}),
@@ -60,7 +76,7 @@ def test_the_feature_recogniser_has_one_cbam_per_resolution_level() -> None:
 def test_the_ablations_drop_cbam_and_the_decoupling_and_rebuild_from_their_kwargs(name: str, kwargs: dict) -> None:
     tasks = ["boundary", "shape", "calcification"]
     full = create_model(name, tasks=tasks, **kwargs)
-    plain = create_model(name, tasks=tasks, cbam=False, decouple_dim=0, **kwargs).eval()
+    plain = create_model(name, tasks=tasks, cbam="none", decouple_dim=0, **kwargs).eval()
 
     assert len(full.cbam_modules()) > 0 and plain.cbam_modules() == []
     assert not any(isinstance(m, TaskSpecificDecoupling) for m in plain.modules())
@@ -94,7 +110,7 @@ def test_param_groups_cover_every_parameter_once_from_head_to_stem(name: str) ->
      {"num_classes": 6, "p_block": 0.1, "sd_max": 0.2, "p_head": 0.5}),
     ("cla", ["--model", "tf_efficientnet_lite0"], "tf_efficientnet_lite0", {"num_classes": 6}),
     ("fea", ["--model", "tf_efficientnet_lite1", "--p-head", "0.3"], "my_efficientnet_features",
-     {"backbone": "tf_efficientnet_lite1", "tasks": ["boundary", "shape"], "p_head": 0.3}),
+     {"backbone": "tf_efficientnet_lite1", "tasks": ["boundary", "shape"], "p_head": 0.3, "cbam": "residual"}),
 ])
 def test_the_tasks_route_efficientnet_names(task: str, argv: list[str], name: str, expected: dict) -> None:
     args = build_parser(task).parse_args(["--data", "d", "--out", "o", *argv])

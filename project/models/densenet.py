@@ -40,14 +40,40 @@ def dense_block_channels(block: DenseBlock) -> int:
     return layers[0].norm1.num_features + sum(layer.conv2.out_channels for layer in layers)
 
 
-def block_cbam(channels: int, block_index: int) -> CbamModule:
-    """timm's CBAM whose channel MLP has exactly max(1, channels // r) hidden units.
+CBAM_KINDS = ("residual", "plain", "none")
+
+
+class ResidualCbam(CbamModule):
+    """CBAM blended into the identity by a per-channel scale that starts at zero: x + γ ⊙ (CBAM(x) − x).
+
+    Plain CBAM multiplies the features by two sigmoid gates that start near 0.5, which scales a
+    pretrained trunk's activations by about a quarter at every insertion and breaks what the next
+    pretrained layer expects. Starting from γ = 0 leaves the trunk exactly as loaded; γ still gets a
+    gradient from the first step, so the attention is learnt in (ReZero, Bachlechner et al. 2020;
+    LayerScale, Touvron et al. 2021).
+    """
+
+    def __init__(self, channels: int, rd_channels: int) -> None:
+        super().__init__(channels, rd_channels=rd_channels)
+        self.gamma = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gamma.view(1, -1, 1, 1) * (super().forward(x) - x)
+
+
+def block_cbam(channels: int, block_index: int, kind: str = "plain") -> CbamModule:
+    """timm's CBAM (`kind` 'plain') or its residual form ('residual') whose channel MLP has exactly
+    max(1, channels // r) hidden units.
 
     timm derives the width from a fractional rd_ratio with rounding, which can differ from
     channels // r, so the width is passed explicitly.
     """
     hidden = max(1, channels // cbam_reduction(block_index))
-    return CbamModule(channels, rd_channels=hidden)
+    if kind == "residual":
+        return ResidualCbam(channels, rd_channels=hidden)
+    if kind == "plain":
+        return CbamModule(channels, rd_channels=hidden)
+    raise ValueError(f"CBAM kind must be one of {CBAM_KINDS[:2]} here, got {kind!r}")
 
 
 def _dropout_after_dense_layer(
@@ -68,14 +94,14 @@ def add_dense_layer_dropout(features: nn.Module, p: float) -> None:
         layer.register_forward_hook(_dropout_after_dense_layer)
 
 
-def insert_cbam(features: nn.Sequential) -> nn.Sequential:
-    """The DenseNet feature stack with a CBAM module `cbamN` right after each `denseblockN`."""
+def insert_cbam(features: nn.Sequential, kind: str = "plain") -> nn.Sequential:
+    """The DenseNet feature stack with a CBAM module `cbamN` of `kind` right after each `denseblockN`."""
     stages: list[tuple[str, nn.Module]] = []
     block_index = 0
     for name, module in features.named_children():
         stages.append((name, module))
         if isinstance(module, DenseBlock):
-            cbam = block_cbam(dense_block_channels(module), block_index)
+            cbam = block_cbam(dense_block_channels(module), block_index, kind)
             stages.append((f"cbam{block_index + 1}", cbam))
             block_index += 1
     return nn.Sequential(OrderedDict(stages))
@@ -148,9 +174,9 @@ class MyDenseNet(nn.Module):
 
     Takes over `backbone.features` (a timm DenseNet's stem, blocks, transitions and final norm),
     so its parameter names match timm's and a timm DenseNet state dict loads with strict=False.
-    forward returns logits [B, T, 2], T = len(tasks), in the order of `tasks`. For ablations,
-    `cbam=False` leaves the attention out and `decouple_dim=0` puts one joint head in place of the
-    decoupling.
+    forward returns logits [B, T, 2], T = len(tasks), in the order of `tasks`. `cbam` is one of
+    CBAM_KINDS ('none' leaves the attention out, for ablations); `decouple_dim=0` puts one joint
+    head in place of the decoupling.
     """
 
     def __init__(
@@ -160,14 +186,14 @@ class MyDenseNet(nn.Module):
         p_layer: float = 0.03,
         p_head: float = 0.5,
         decouple_dim: int = 128,
-        cbam: bool = True,
+        cbam: str = "plain",
     ):
         super().__init__()
         self.tasks = tuple(tasks)
         self.num_features = backbone.num_features
         self.pretrained_cfg = backbone.pretrained_cfg
         add_dense_layer_dropout(backbone.features, p_layer)
-        self.features = insert_cbam(backbone.features) if cbam else backbone.features
+        self.features = backbone.features if cbam == "none" else insert_cbam(backbone.features, cbam)
         self.global_pool = SelectAdaptivePool2d(pool_type="avg", flatten=True)
         self.head = embedding_head(self.num_features, p_head)
         self.decoupling = task_heads(EMBED_DIM, len(self.tasks), decouple_dim)
@@ -211,10 +237,13 @@ def build_my_densenet(
     p_layer: float = 0.03,
     p_head: float = 0.5,
     decouple_dim: int = 128,
-    cbam: bool = True,
+    cbam: str = "plain",
     **backbone_kwargs: Any,
 ) -> MyDenseNet:
     """A randomly initialised MyDenseNet on timm's `backbone` (densenet121, 169, 201, 161, ...).
+
+    `cbam` defaults to 'plain', the kind of every checkpoint written before the option existed
+    (their kwargs lack it); the feature trainer asks for 'residual' (`--cbam`).
 
     backbone_kwargs go to timm's DenseNet (growth_rate, block_config, in_chans, memory_efficient,
     ...; see TINY_DENSENET) and must be JSON values: `model.model_kwargs` records every argument

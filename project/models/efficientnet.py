@@ -93,15 +93,15 @@ class MyEfficientNet(EfficientNetBody):
 class MyEfficientNetFeatures(EfficientNetBody):
     """EfficientNet trunk with CBAM after each resolution level, an embedding head and task decoupling.
 
-    forward returns logits [B, T, 2], T = len(tasks), in the order of `tasks`. For ablations,
-    `cbam=False` leaves the attention out and `decouple_dim=0` puts one joint head in place of the
-    decoupling.
+    forward returns logits [B, T, 2], T = len(tasks), in the order of `tasks`. `cbam` is one of
+    CBAM_KINDS ('none' leaves the attention out, for ablations); `decouple_dim=0` puts one joint
+    head in place of the decoupling.
     """
 
     def __init__(
-        self, network: EfficientNet, tasks: Sequence[str], p_head: float, decouple_dim: int, cbam: bool = True
+        self, network: EfficientNet, tasks: Sequence[str], p_head: float, decouple_dim: int, cbam: str = "plain"
     ) -> None:
-        super().__init__(network, after_stage=_cbam_per_level(network) if cbam else None)
+        super().__init__(network, after_stage=None if cbam == "none" else _cbam_per_level(network, cbam))
         self.tasks = tuple(tasks)
         self.global_pool = SelectAdaptivePool2d(pool_type="avg", flatten=True)
         self.head = embedding_head(self.num_features, p_head)
@@ -117,10 +117,11 @@ class MyEfficientNetFeatures(EfficientNetBody):
         return x if pre_logits else self.decoupling(x)
 
 
-def _cbam_per_level(network: EfficientNet) -> dict[int, nn.Module]:
+def _cbam_per_level(network: EfficientNet, kind: str) -> dict[int, nn.Module]:
     """A CBAM after the last stage of each resolution level (timm's feature_info), reductions 8, 16, 24, ..."""
     levels = [info for info in network.feature_info if info["module"].startswith("blocks.")]
-    return {int(info["module"].split(".")[1]): block_cbam(info["num_chs"], level) for level, info in enumerate(levels)}
+    return {int(info["module"].split(".")[1]): block_cbam(info["num_chs"], level, kind)
+            for level, info in enumerate(levels)}
 
 
 def _network(backbone: str, sd_max: float, **kwargs: Any) -> EfficientNet:
@@ -151,10 +152,15 @@ def build_my_efficientnet_features(
     sd_max: float = 0.1,
     p_head: float = 0.5,
     decouple_dim: int = 128,
-    cbam: bool = True,
+    cbam: str = "plain",
     **trunk_kwargs: Any,
 ) -> MyEfficientNetFeatures:
-    """The lesion-feature recogniser on an EfficientNet trunk (stochastic depth stands in for dense-layer dropout)."""
+    """The lesion-feature recogniser on an EfficientNet trunk (stochastic depth stands in for dense-layer dropout).
+
+    `cbam` defaults to 'plain', the kind of every checkpoint written before the option existed
+    (their kwargs lack it); the feature trainer asks for 'residual' (`--cbam`), which leaves the
+    pretrained trunk unchanged at initialisation.
+    """
     model = MyEfficientNetFeatures(_network(backbone, sd_max, **trunk_kwargs), tasks, p_head, decouple_dim, cbam)
     model.model_kwargs = {"backbone": backbone, "tasks": list(tasks), "sd_max": sd_max, "p_head": p_head,
                           "decouple_dim": decouple_dim, "cbam": cbam, **trunk_kwargs}

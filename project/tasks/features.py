@@ -16,6 +16,7 @@ from project.data.layout import Sample, Scan, load_split
 from project.data.submission import FEA_FILE, write_fea_csv
 from project.losses import FEATURE_TASK_WEIGHTS, MultiTaskLoss
 from project.metrics import feature_report, feature_score, tune_threshold
+from project.models.densenet import CBAM_KINDS
 from project.tasks.base import Evaluation, Task, register_task
 
 
@@ -38,6 +39,9 @@ class FeatureTask(Task):
         add = parser.add_argument
         add("--p-layer", type=float, default=0.03)
         add("--p-head", type=float, default=0.5)
+        add("--cbam", choices=CBAM_KINDS, default="residual",
+            help="residual: CBAM blended in from zero, so a pretrained trunk starts unchanged; plain: timm's "
+                 "CBAM multiplied in; none: no attention (ablation)")
         add("--label-smoothing", type=float, default=0.1)
         add("--task-weights", type=comma_floats, default=None, help="per-feature loss weights (default 1.2,1.5,1,1)")
         add("--f1-weight", type=float, default=0.5, help="weight of the soft-F1 loss")
@@ -57,7 +61,7 @@ class FeatureTask(Task):
 
     def model_spec(self, args: argparse.Namespace) -> tuple[str, dict]:
         """CBAM and task decoupling on a DenseNet (MyDenseNet) or an EfficientNet(-Lite) trunk."""
-        kwargs = {"backbone": args.model, "tasks": self.labels, "p_head": args.p_head}
+        kwargs = {"backbone": args.model, "tasks": self.labels, "p_head": args.p_head, "cbam": args.cbam}
         if args.model.startswith("densenet"):
             return "my_densenet", {**kwargs, "p_layer": args.p_layer, **args.model_kwargs}
         if "efficientnet" in args.model:
