@@ -53,9 +53,7 @@ def test_the_feature_recogniser_has_one_cbam_per_resolution_level() -> None:
     assert hidden == [16 // 8, 24 // 16, 40 // 24, 112 // 32, 320 // 40]
 
 
-def test_residual_cbam_leaves_the_pretrained_trunk_unchanged_until_it_learns(
-    imagenet: dict[str, torch.Tensor],
-) -> None:
+def test_residual_cbam_leaves_the_pretrained_trunk_unchanged_until_it_learns() -> None:
     bare = create_model("my_efficientnet_features", tasks=["boundary"], cbam="none", pretrained=True).eval()
     model = create_model("my_efficientnet_features", tasks=["boundary"], cbam="residual", pretrained=True).eval()
     x = torch.randn(2, 3, 64, 64)
