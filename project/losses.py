@@ -209,6 +209,23 @@ class PartialLabelLoss(nn.Module):
         return ((1 - self.label_smoothing) * set_weight * nll + self.label_smoothing * smoothing).mean()
 
 
+class AuxiliaryHeadLoss(nn.Module):
+    """The task's loss on its first `outputs` logits and column 0 of the targets, plus `weight` times the
+    cross-entropy of an auxiliary head (the logits after them) against the class index in column 1
+    (-1: unknown, ignored). Column 0 keeps the targets' dtype: class indices stay indices."""
+
+    def __init__(self, task_loss: nn.Module, outputs: int, weight: float) -> None:
+        super().__init__()
+        self.task_loss, self.outputs, self.weight = task_loss, outputs, weight
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = self.task_loss(logits[:, : self.outputs], targets[:, 0])
+        aux = targets[:, 1].round().long()
+        if self.weight > 0 and bool((aux >= 0).any()):
+            loss = loss + self.weight * F.cross_entropy(logits[:, self.outputs :].float(), aux, ignore_index=-1)
+        return loss
+
+
 UNKNOWN_MAP = -1.0  # the value of every cell of a lesion map that is not known
 
 

@@ -224,7 +224,7 @@ def test_an_auxiliary_head_learns_a_manifest_column_beside_the_cancer_logit() ->
     train = [Sample(Path(f"{i}.png"), label=i % 2, extra={"prediction_id": f"{i}_L", "tissue": t})
              for i, t in enumerate(["G", "F", "D", "G", ""])]
     task.configure(_args(aux_column="tissue", aux_weight=0.5), train)
-    assert task.aux_classes == ["D", "F", "G"] and task.model_spec(_args())[1]["num_classes"] == 4
+    assert task.aux.classes == ("D", "F", "G") and task.model_spec(_args())[1]["num_classes"] == 4
     assert task.target(train[2]).tolist() == [0.0, 0.0] and task.target(train[4]).tolist() == [0.0, -1.0]
     logits = torch.tensor([[0.5, 2.0, 0.0, 0.0], [-1.0, 0.0, 3.0, 0.0]])
     targets = torch.stack([task.target(train[1]), task.target(train[4])])  # F known, the other unknown
@@ -235,7 +235,7 @@ def test_an_auxiliary_head_learns_a_manifest_column_beside_the_cancer_logit() ->
     assert task.probabilities(logits).shape == (2, 1)  # prediction sees the cancer logit only
     evaluation = task.evaluate(logits, torch.stack([task.target(s) for s in train[:2]]), train[:2])
     assert evaluation.metrics["aux_accuracy"] == 0.5 and evaluation.metrics["auc"] == 0.0
-    with pytest.raises(SystemExit, match="'density' is not a manifest column"):
+    with pytest.raises(SystemExit, match="'density' is not a metadata column"):
         task.configure(_args(aux_column="density"), train)
 
 

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
@@ -36,6 +37,55 @@ class TaskDatasets:
     train: Dataset
     val: Dataset
     preprocess: dict
+
+
+@dataclass(frozen=True)
+class AuxiliaryColumn:
+    """An auxiliary head's classes: the values of a metadata column in the training images.
+
+    The head's logits follow the task's own; its target is the class index, -1 where the column is
+    empty or holds a value the training images lack. The head only shapes training: prediction
+    reads the task's logits alone.
+    """
+
+    column: str | None = None
+    classes: tuple[str, ...] = ()
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser, examples: str) -> None:
+        add = parser.add_argument
+        add("--aux-column", default=None,
+            help=f"metadata column ({examples}) learnt by an auxiliary head beside the task's logits")
+        add("--aux-weight", type=float, default=0.3, help="weight of the auxiliary head's cross-entropy")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, train: Sequence[Sample]) -> AuxiliaryColumn:
+        """None asked for: no head; else the column's values, checked to be there and to be at least two."""
+        column = getattr(args, "aux_column", None)
+        if not column:
+            return cls()
+        if any(column not in s.extra for s in train):
+            raise SystemExit(f"{args.data}: --aux-column {column!r} is not a metadata column of every image")
+        classes = tuple(sorted({s.extra[column] for s in train} - {""}))
+        if len(classes) < 2:
+            raise SystemExit(f"{args.data}: column {column!r} has fewer than two values to learn")
+        return cls(column, classes)
+
+    def index(self, sample: Sample) -> int:
+        value = sample.extra.get(self.column, "")
+        return self.classes.index(value) if value in self.classes else -1
+
+    def metrics(self, logits: torch.Tensor, indices: torch.Tensor) -> dict[str, float]:
+        """Accuracy of the head where its class is known; with two classes, also the AUC of the second."""
+        known = indices >= 0
+        if not known.any():
+            return {}
+        logits, indices = logits[known].float(), indices[known]
+        metrics = {"aux_accuracy": float((logits.argmax(dim=1) == indices).float().mean())}
+        if len(self.classes) == 2 and len(indices.unique()) == 2:
+            positive = torch.softmax(logits, dim=1)[:, 1]
+            metrics["aux_auc"] = float(roc_auc_score(indices.numpy(), positive.numpy()))
+        return metrics
 
 
 class Task(ABC):

@@ -16,9 +16,15 @@ from project.data.classes import first_malignant_class
 from project.data.layout import Sample, Scan, load_split
 from project.data.samplers import OversamplingSampler, class_draw_weights
 from project.data.submission import CLA_FILE, write_cla_csv
-from project.losses import ClassificationLoss, PartialLabelLoss, allowed_mask, inverse_frequency_weights
+from project.losses import (
+    AuxiliaryHeadLoss,
+    ClassificationLoss,
+    PartialLabelLoss,
+    allowed_mask,
+    inverse_frequency_weights,
+)
 from project.metrics import classification_report
-from project.tasks.base import BatchTransform, Evaluation, Task, register_task
+from project.tasks.base import AuxiliaryColumn, BatchTransform, Evaluation, Task, register_task
 
 
 @register_task
@@ -38,6 +44,10 @@ class ClassificationTask(Task):
     partial = False  # set by configure when a training sample carries a coarse label
     lesion_maps = True
 
+    def __init__(self, labels: Sequence[str]) -> None:
+        super().__init__(labels)
+        self.aux = AuxiliaryColumn()
+
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         add = parser.add_argument
@@ -53,6 +63,7 @@ class ClassificationTask(Task):
                  "equal share of the draws, balanced over its own classes, so the class cannot be told by the source")
         add("--weighted-loss", action="store_true", help="inverse-frequency class weights in the loss")
         add("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
+        AuxiliaryColumn.add_arguments(parser, "e.g. BUS-BRA's pathology: benign / malignant")
 
     @classmethod
     def load(cls, root: Path, split: str = "train") -> tuple[Scan, list[str]]:
@@ -80,25 +91,30 @@ class ClassificationTask(Task):
             raise SystemExit(f"{args.data}: --balance-by {args.balance_by!r} is not a metadata column of every image")
         if self.partial and args.mixup > 0:
             raise SystemExit("--mixup cannot mix coarse labels (dataset.yaml coarse_labels); leave it at 0")
+        self.aux = AuxiliaryColumn.from_args(args, train)
+        if self.aux.classes and (self.partial or args.mixup > 0):
+            raise SystemExit("--aux-column works with fine labels and without --mixup")
 
     def model_spec(self, args: argparse.Namespace) -> tuple[str, dict]:
         """ConvNeXt names get MyConvNeXt, my_efficientnet the same regularisation on an EfficientNet
         trunk (`--model-kwargs '{"backbone": ...}'`, default tf_efficientnet_lite0); any other name is a
         timm baseline."""
-        regularised = {"num_classes": len(self.labels), "p_block": args.p_block, "sd_max": args.sd_max,
+        outputs = len(self.labels) + len(self.aux.classes)
+        regularised = {"num_classes": outputs, "p_block": args.p_block, "sd_max": args.sd_max,
                        "p_head": args.p_head}
         if args.model.startswith("convnext"):
             return "my_convnext", {"backbone": args.model, **regularised, **args.model_kwargs}
         if args.model == "my_efficientnet":
             return "my_efficientnet", {**regularised, **args.model_kwargs}
-        return args.model, {"num_classes": len(self.labels), **args.model_kwargs}
+        return args.model, {"num_classes": outputs, **args.model_kwargs}
 
     def loss(self, args: argparse.Namespace, train: Sequence[Sample]) -> nn.Module:
         labels = [s.label for s in train if s.label is not None]
         class_weights = inverse_frequency_weights(labels, len(self.labels)) if args.weighted_loss else None
         if self.partial:
             return PartialLabelLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
-        return ClassificationLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
+        loss = ClassificationLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
+        return AuxiliaryHeadLoss(loss, len(self.labels), args.aux_weight) if self.aux.classes else loss
 
     def train_sampler(
         self, args: argparse.Namespace, train: Sequence[Sample], rank: int, world_size: int
@@ -134,7 +150,10 @@ class ClassificationTask(Task):
         return Mixup(mixup_alpha=args.mixup, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(self.labels))
 
     def target(self, sample: Sample) -> torch.Tensor:
-        """The class index; in a partial-label run, the mask of the classes the label allows."""
+        """The class index (with an auxiliary head, [class, auxiliary class or -1]); in a partial-label
+        run, the mask of the classes the label allows."""
+        if self.aux.classes:
+            return torch.tensor([sample.label, self.aux.index(sample)])
         if not self.partial:
             return torch.tensor(sample.label, dtype=torch.long)
         allowed = (sample.label,) if sample.label is not None else sample.allowed
@@ -145,20 +164,24 @@ class ClassificationTask(Task):
         return other if share > 0.5 else target
 
     def evaluate(self, logits: torch.Tensor, targets: torch.Tensor, samples: Sequence[Sample]) -> Evaluation:
-        """The cla score over the fine labels; a coarse label counts as right (coarse_accuracy) inside its set."""
+        """The cla score over the fine labels; a coarse label counts as right (coarse_accuracy) inside its set;
+        an auxiliary head's accuracy (and AUC) beside."""
+        extra_metrics = {}
+        if self.aux.classes:
+            extra_metrics = self.aux.metrics(logits[:, len(self.labels):], targets[:, 1])
+            logits, targets = logits[:, : len(self.labels)], targets[:, 0]
         y_pred = logits.argmax(dim=1).numpy()
-        coarse_metrics = {}
         if targets.dim() == 2:
             masks = targets.numpy().astype(bool)
             fine = masks.sum(axis=1) == 1
             if (~fine).any():
-                coarse_metrics["coarse_accuracy"] = float(masks[~fine][np.arange((~fine).sum()), y_pred[~fine]].mean())
+                extra_metrics["coarse_accuracy"] = float(masks[~fine][np.arange((~fine).sum()), y_pred[~fine]].mean())
             y_true, y_pred = masks[fine].argmax(axis=1), y_pred[fine]
         else:
             y_true = targets.numpy()
         report = classification_report(y_true, y_pred, self.labels)
         metrics = {"score": report["score"], "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-                   "kappa": report["kappa"] if report["kappa"] is not None else 0.0, **coarse_metrics}
+                   "kappa": report["kappa"] if report["kappa"] is not None else 0.0, **extra_metrics}
         return Evaluation(
             metrics=metrics,
             confusion={"BI-RADS": np.asarray(report["confusion_matrix"])},
@@ -166,7 +189,8 @@ class ClassificationTask(Task):
         )
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits.float(), dim=-1)
+        """Softmax over the classes' logits (an auxiliary head's, after them, are not read)."""
+        return torch.softmax(logits.float()[:, : len(self.labels)], dim=-1)
 
     def decide(self, probs: np.ndarray, thresholds: Mapping[str, float]) -> np.ndarray:
         """The most probable class."""

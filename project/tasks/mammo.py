@@ -18,13 +18,14 @@ from torch import nn
 from project.data.layout import NotADataset, Sample, Scan
 from project.data.samplers import OversamplingSampler, class_draw_weights
 from project.fileio import atomic_write_csv
+from project.losses import AuxiliaryHeadLoss
 from project.mammo.data import MammoDataset, NotAPreparedFolder, load_prepared, mammo_augment
 from project.mammo.metrics import AGGREGATIONS, aggregate, breast_scores
 from project.mammo.predict import LABEL, PRIOR_METRIC, TASK
 from project.mammo.prepare import parse_size
 from project.mammo.preprocess import MammoPreprocess
 from project.mammo.sampling import NegativeDownsampler
-from project.tasks.base import Evaluation, Task, TaskDatasets, register_task
+from project.tasks.base import AuxiliaryColumn, Evaluation, Task, TaskDatasets, register_task
 
 SCORES = ("pf1_binarised", "pf1", "auc")
 IMAGE_SUBMISSION_FILE = "cancer_pre.csv"
@@ -41,24 +42,15 @@ class Judging:
 
 
 class CancerLoss(nn.Module):
-    """Binary cross-entropy on the cancer logit (column 0; positives weighted by `pos_weight`), plus
-    `aux_weight` times the cross-entropy of the auxiliary head (the other columns) where targets
-    carry an auxiliary class in column 1 (-1: unknown, ignored)."""
+    """Binary cross-entropy on the cancer logit (column 0), positives weighted by `pos_weight`."""
 
-    def __init__(self, pos_weight: float = 1.0, aux_weight: float = 0.0) -> None:
+    def __init__(self, pos_weight: float = 1.0) -> None:
         super().__init__()
-        self.pos_weight, self.aux_weight = pos_weight, aux_weight
+        self.pos_weight = pos_weight
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        cancer = targets[:, 0] if targets.ndim == 2 else targets
         weight = torch.tensor(self.pos_weight, device=logits.device)
-        loss = F.binary_cross_entropy_with_logits(logits[:, 0], cancer.float(), pos_weight=weight)
-        if targets.ndim == 2 and self.aux_weight > 0:
-            aux = targets[:, 1].round().long()
-            if (aux >= 0).any():
-                loss = loss + self.aux_weight * F.cross_entropy(logits[:, 1:], aux, ignore_index=-1)
-        return loss
+        return F.binary_cross_entropy_with_logits(logits.float()[:, 0], targets.float(), pos_weight=weight)
 
 
 def breast_ids(samples: Sequence[Sample]) -> list[str]:
@@ -109,8 +101,7 @@ class MammoTask(Task):
     def __init__(self, labels: Sequence[str]) -> None:
         super().__init__(labels)
         self.judging = Judging()
-        self.aux_column: str | None = None
-        self.aux_classes: list[str] = []  # an auxiliary head's classes, its logits after the cancer logit
+        self.aux = AuxiliaryColumn()
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -126,9 +117,7 @@ class MammoTask(Task):
         add("--beta", type=float, default=1.0, help="beta of the probabilistic F-beta")
         add("--score", choices=SCORES, default="pf1_binarised",
             help="per-breast metric that selects the best epoch (pf1_binarised: at the tuned threshold)")
-        add("--aux-column", default=None,
-            help="manifest column (e.g. tissue, density, birads) learnt by an auxiliary head beside the cancer logit")
-        add("--aux-weight", type=float, default=0.3, help="weight of the auxiliary head's cross-entropy")
+        AuxiliaryColumn.add_arguments(parser, "e.g. tissue, density, birads")
 
     @classmethod
     def load(cls, root: Path, split: str = "train") -> tuple[Scan, list[str]]:
@@ -148,13 +137,7 @@ class MammoTask(Task):
     def configure(self, args: argparse.Namespace, train: Sequence[Sample]) -> None:
         """The judging, and with --aux-column the auxiliary classes: the column's values in the training images."""
         self.judging = Judging(args.aggregate, args.beta, args.score, breast_positive_rate(train))
-        if args.aux_column:
-            if any(args.aux_column not in s.extra for s in train):
-                raise SystemExit(f"{args.data}: --aux-column {args.aux_column!r} is not a manifest column")
-            self.aux_column = args.aux_column
-            self.aux_classes = sorted({s.extra[args.aux_column] for s in train} - {""})
-            if len(self.aux_classes) < 2:
-                raise SystemExit(f"{args.data}: column {args.aux_column!r} has fewer than two values to learn")
+        self.aux = AuxiliaryColumn.from_args(args, train)
 
     def datasets(
         self, args: argparse.Namespace, train: Sequence[Sample], val: Sequence[Sample], model: nn.Module
@@ -168,10 +151,11 @@ class MammoTask(Task):
         """A timm model with one input channel and one logit (then the auxiliary head's), or 'whole_image'
         (one channel by default)."""
         channels = {} if args.model == "whole_image" else {"in_chans": 1}
-        return args.model, {**channels, "num_classes": 1 + len(self.aux_classes), **args.model_kwargs}
+        return args.model, {**channels, "num_classes": 1 + len(self.aux.classes), **args.model_kwargs}
 
     def loss(self, args: argparse.Namespace, train: Sequence[Sample]) -> nn.Module:
-        return CancerLoss(args.pos_weight, args.aux_weight if self.aux_classes else 0.0)
+        loss = CancerLoss(args.pos_weight)
+        return AuxiliaryHeadLoss(loss, 1, args.aux_weight) if self.aux.classes else loss
 
     def train_sampler(
         self, args: argparse.Namespace, train: Sequence[Sample], rank: int, world_size: int
@@ -184,11 +168,9 @@ class MammoTask(Task):
 
     def target(self, sample: Sample) -> torch.Tensor:
         """The cancer label; with an auxiliary head, [cancer, auxiliary class index or -1]."""
-        if not self.aux_classes:
+        if not self.aux.classes:
             return torch.tensor(float(sample.label))
-        value = sample.extra.get(self.aux_column, "")
-        aux = self.aux_classes.index(value) if value in self.aux_classes else -1
-        return torch.tensor([float(sample.label), float(aux)])
+        return torch.tensor([float(sample.label), float(self.aux.index(sample))])
 
     def mix(self, target: torch.Tensor, other: torch.Tensor, share: float) -> torch.Tensor:
         """Cancer mixed by area; an auxiliary class is the one of the image that covers most."""
@@ -203,9 +185,7 @@ class MammoTask(Task):
         ids = breast_ids(samples)
         aux_metrics = {}
         if targets.ndim == 2:
-            aux, predicted = targets[:, 1].round().long(), logits[:, 1:].argmax(dim=1)
-            known = aux >= 0
-            aux_metrics["aux_accuracy"] = float((predicted[known] == aux[known]).float().mean()) if known.any() else 0.0
+            aux_metrics = self.aux.metrics(logits[:, 1:], targets[:, 1].round().long())
             targets = targets[:, 0]
         _, labels = aggregate(ids, targets.numpy(), "max")
         _, probs = aggregate(ids, self.probabilities(logits)[:, 0].numpy(), judging.aggregate)

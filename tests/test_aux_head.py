@@ -1,0 +1,107 @@
+"""An auxiliary head learnt from a metadata column beside the BI-RADS classes: targets, loss, metrics, a run."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from conftest import write_image, write_label
+
+from project.data.layout import Sample
+from project.losses import AuxiliaryHeadLoss, ClassificationLoss
+from project.models.checkpoint import load_checkpoint
+from project.tasks import create_task
+from project.training import run
+
+CLASSES = ["2", "3", "4"]
+
+
+def _args(**overrides) -> argparse.Namespace:
+    values = {"mixup": 0.0, "balance_by": None, "aux_column": "pathology", "aux_weight": 0.5, "data": Path("d"),
+              "weighted_loss": False, "label_smoothing": 0.0}
+    return argparse.Namespace(**{**values, **overrides})
+
+
+def _samples() -> list[Sample]:
+    return [Sample(Path(f"{i}.png"), label=i % 3, extra={"pathology": p})
+            for i, p in enumerate(["benign", "benign", "malignant", ""])]
+
+
+def test_targets_carry_the_class_and_the_auxiliary_index_or_minus_one() -> None:
+    task = create_task("cla", CLASSES)
+    samples = _samples()
+    task.configure(_args(), samples)
+    assert task.aux.classes == ("benign", "malignant")
+    spec = _args(model="resnet10t", model_kwargs={}, p_block=0.0, sd_max=0.0, p_head=0.0)
+    assert task.model_spec(spec)[1]["num_classes"] == 5
+    assert [task.target(s).tolist() for s in samples] == [[0, 0], [1, 0], [2, 1], [0, -1]]
+
+
+def test_the_loss_adds_the_heads_cross_entropy_where_its_class_is_known() -> None:
+    task = create_task("cla", CLASSES)
+    task.configure(_args(), _samples())
+    loss = task.loss(_args(), _samples())
+    assert isinstance(loss, AuxiliaryHeadLoss)
+    logits = torch.tensor([[2.0, 0.0, 0.0, 1.0, -1.0], [0.0, 1.0, 0.0, 3.0, 0.0]])
+    targets = torch.tensor([[0, 1], [1, -1]])
+    classes = ClassificationLoss(label_smoothing=0.0)(logits[:, :3], targets[:, 0])
+    aux = F.cross_entropy(logits[:1, 3:], torch.tensor([1]))
+    assert float(loss(logits, targets)) == pytest.approx(float(classes + 0.5 * aux), rel=1e-6)
+
+
+def test_evaluation_and_prediction_read_the_classes_and_score_the_head_beside() -> None:
+    task = create_task("cla", CLASSES)
+    task.configure(_args(), _samples())
+    logits = torch.tensor([[5.0, 0, 0, 2.0, 0], [0, 5.0, 0, 0, 1.0], [0, 5.0, 0, 0, 2.0], [0, 0, 5.0, 3.0, 0]])
+    targets = torch.tensor([[0, 0], [1, 1], [2, 0], [2, -1]])
+    metrics = task.evaluate(logits, targets, []).metrics
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    assert metrics["aux_accuracy"] == pytest.approx(2 / 3)  # the unknown row is left out
+    assert metrics["aux_auc"] == pytest.approx(0.5)  # the malignant 0.73 beats one of the two benign
+    assert task.probabilities(logits).shape == (4, 3)
+    assert torch.allclose(task.probabilities(logits), torch.softmax(logits[:, :3], dim=1))
+
+
+def test_a_missing_column_or_a_mix_with_mixup_or_coarse_labels_is_refused() -> None:
+    task = create_task("cla", CLASSES)
+    with pytest.raises(SystemExit, match="'histology' is not a metadata column"):
+        task.configure(_args(aux_column="histology"), _samples())
+    with pytest.raises(SystemExit, match="fewer than two values"):
+        task.configure(_args(), [Sample(Path("a.png"), label=0, extra={"pathology": "benign"})])
+    with pytest.raises(SystemExit, match="without --mixup"):
+        task.configure(_args(mixup=0.2), _samples())
+    coarse = Sample(Path("c.png"), label=None, allowed=(1, 2), extra={"pathology": "malignant"})
+    with pytest.raises(SystemExit, match="with fine labels"):
+        task.configure(_args(), [*_samples(), coarse])
+
+
+def _dataset(root: Path) -> Path:
+    rows = ["image,patient,fold,pathology"]
+    for class_id, name in enumerate(CLASSES, start=1):
+        for i in range(4):
+            stem = f"{name}_{i}"
+            write_image(root / "train" / "cla" / f"{name}类" / "images" / f"{stem}.png", 10 * class_id + i)
+            write_label(root / "train" / "cla" / f"{name}类" / "labels" / f"{stem}.txt", f"{class_id} 0.5 0.5 0.4 0.4")
+            rows.append(f"{stem}.png,{name}{i},{i % 2 + 1},{'malignant' if name == '4' else 'benign'}")
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    config = {"classes": CLASSES, "metadata": "metadata.csv", "group_column": "patient", "fold_column": "fold"}
+    (root / "dataset.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def test_a_run_with_a_pathology_head_checkpoints_a_model_that_predicts_the_classes(tmp_path: Path) -> None:
+    data, out = _dataset(tmp_path / "data"), tmp_path / "run"
+    run(["--data", str(data), "--out", str(out), "--model", "resnet10t", "--img-size", "32", "--epochs", "1",
+         "--batch-size", "4", "--folds", "2", "--fold", "0", "--workers", "0", "--aux-column", "pathology"], "cla")
+    with (out / "summary.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    assert 0 <= float(row["val_aux_accuracy"]) <= 1 and 0 <= float(row["val_aux_auc"]) <= 1
+    model, config = load_checkpoint(out / "best.safetensors")
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 5)
+    task = create_task(config.task, config.labels)
+    assert task.probabilities(model(torch.zeros(2, 3, 32, 32))).shape == (2, 3)
