@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 
@@ -18,6 +20,27 @@ def write_image(path: Path, seed: int, size: int = 32) -> None:
 def write_label(path: Path, *lines: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{line}\n" for line in lines))
+
+
+def write_cla_dataset(
+    root: Path, classes: Sequence[str], per_class: int, seed: int = 0, folds: bool = True,
+    columns: Mapping[str, Callable[[str], str]] | None = None,
+) -> Path:
+    """A classification set in the challenge layout with metadata.csv: image, patient (the image's number
+    in its class), fold (1 or 2, or empty), and one column per `columns` entry, a function of the class."""
+    columns = columns or {}
+    rows = [",".join(["image", "patient", "fold", *columns])]
+    for class_id, name in enumerate(classes, start=1):
+        for i in range(per_class):
+            stem = f"{root.name}_{name}_{i}"
+            write_image(root / "train" / "cla" / f"{name}类" / "images" / f"{stem}.png", seed + 10 * class_id + i)
+            write_label(root / "train" / "cla" / f"{name}类" / "labels" / f"{stem}.txt", f"{class_id} 0.5 0.5 0.4 0.4")
+            rows.append(",".join([f"{stem}.png", str(i), str(i % 2 + 1) if folds else "",
+                                  *(value(name) for value in columns.values())]))
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    config = {"classes": list(classes), "metadata": "metadata.csv", "group_column": "patient", "fold_column": "fold"}
+    (root / "dataset.yaml").write_text(yaml.safe_dump(config))
+    return root
 
 
 @pytest.fixture

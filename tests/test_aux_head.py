@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from conftest import write_image, write_label
+from conftest import write_cla_dataset
 
 from project.data.layout import Sample
 from project.losses import AuxiliaryHeadLoss, ClassificationLoss
@@ -80,22 +79,10 @@ def test_a_missing_column_or_a_mix_with_mixup_or_coarse_labels_is_refused() -> N
         task.configure(_args(), [*_samples(), coarse])
 
 
-def _dataset(root: Path) -> Path:
-    rows = ["image,patient,fold,pathology"]
-    for class_id, name in enumerate(CLASSES, start=1):
-        for i in range(4):
-            stem = f"{name}_{i}"
-            write_image(root / "train" / "cla" / f"{name}类" / "images" / f"{stem}.png", 10 * class_id + i)
-            write_label(root / "train" / "cla" / f"{name}类" / "labels" / f"{stem}.txt", f"{class_id} 0.5 0.5 0.4 0.4")
-            rows.append(f"{stem}.png,{name}{i},{i % 2 + 1},{'malignant' if name == '4' else 'benign'}")
-    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
-    config = {"classes": CLASSES, "metadata": "metadata.csv", "group_column": "patient", "fold_column": "fold"}
-    (root / "dataset.yaml").write_text(yaml.safe_dump(config))
-    return root
-
-
 def test_a_run_with_a_pathology_head_checkpoints_a_model_that_predicts_the_classes(tmp_path: Path) -> None:
-    data, out = _dataset(tmp_path / "data"), tmp_path / "run"
+    pathology = {"pathology": lambda name: "malignant" if name == "4" else "benign"}
+    data = write_cla_dataset(tmp_path / "data", CLASSES, per_class=4, columns=pathology)
+    out = tmp_path / "run"
     run(["--data", str(data), "--out", str(out), "--model", "resnet10t", "--img-size", "32", "--epochs", "1",
          "--batch-size", "4", "--folds", "2", "--fold", "0", "--workers", "0", "--aux-column", "pathology"], "cla")
     with (out / "summary.csv").open() as handle:

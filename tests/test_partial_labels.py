@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import write_image, write_label
+from conftest import write_cla_dataset
 
 from project.adapters.merge import main as merge_main
 from project.data.layout import Sample, load_split
@@ -20,25 +20,10 @@ from project.training import run
 FINE = ["2", "4A", "4B"]
 
 
-def _dataset(root: Path, classes: list[str], per_class: int, folds: bool, seed: int) -> Path:
-    (root / "train" / "cla").mkdir(parents=True)
-    rows = ["image,patient,fold"]
-    for class_id, name in enumerate(classes, start=1):
-        for i in range(per_class):
-            stem = f"{root.name}_{name}_{i}"
-            write_image(root / "train" / "cla" / f"{name}类" / "images" / f"{stem}.png", seed + 10 * class_id + i)
-            write_label(root / "train" / "cla" / f"{name}类" / "labels" / f"{stem}.txt", f"{class_id} 0.5 0.5 0.4 0.4")
-            rows.append(f"{stem}.png,{i},{i % 2 + 1 if folds else ''}")
-    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
-    config = {"classes": classes, "metadata": "metadata.csv", "group_column": "patient", "fold_column": "fold"}
-    (root / "dataset.yaml").write_text(yaml.safe_dump(config))
-    return root
-
-
 @pytest.fixture
 def merged(tmp_path: Path) -> Path:
-    primary = _dataset(tmp_path / "fine", FINE, per_class=4, folds=True, seed=0)
-    extra = _dataset(tmp_path / "coarse", ["2", "4"], per_class=6, folds=False, seed=100)
+    primary = write_cla_dataset(tmp_path / "fine", FINE, per_class=4, seed=0)
+    extra = write_cla_dataset(tmp_path / "coarse", ["2", "4"], per_class=6, seed=100, folds=False)
     out = tmp_path / "merged"
     assert merge_main(["--primary", str(primary), "--extra", str(extra), "--out", str(out)]) == 0
     return out
