@@ -20,7 +20,7 @@ from project.data.transforms import Preprocess, Preprocessor, to_tensor
 from project.fileio import atomic_write_csv
 from project.models.checkpoint import CheckpointConfig, load_checkpoint
 from project.runtime import autocast_dtype, make_loader
-from project.tasks import Task, create_task
+from project.tasks import AuxiliaryColumn, Task, create_task
 
 ERRORS_FILE = "run_errors.csv"
 
@@ -36,15 +36,18 @@ class Member:
     task: Task = field(init=False)
 
     def __post_init__(self) -> None:
-        self.task = create_task(self.config.task, self.config.labels)
+        self.task = create_task(self.config.task, self.config.labels, AuxiliaryColumn.from_dict(self.config.auxiliary))
 
 
 @dataclass
 class Predictions:
-    """Ensemble-mean probabilities of the readable images, and why the others were skipped."""
+    """Ensemble-mean probabilities of the readable images, and why the others were skipped; `aux`: the mean
+    of the auxiliary head's probabilities over the members that have the head (None where none has)."""
 
     names: list[str] = field(default_factory=list)
     probs: np.ndarray | None = None
+    aux: np.ndarray | None = None
+    aux_head: AuxiliaryColumn = field(default_factory=AuxiliaryColumn)
     errors: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -62,7 +65,17 @@ def load_members(paths: Sequence[Path], device: torch.device) -> list[Member]:
                 f"{member.path}: task {member.config.task} labels {member.config.labels} differ from "
                 f"{members[0].path}: task {first.task} labels {first.labels}; they cannot be ensembled"
             )
+    auxiliary_head(members)
     return members
+
+
+def auxiliary_head(members: Sequence[Member]) -> AuxiliaryColumn:
+    """The auxiliary head the members that have one share (empty where none has one)."""
+    heads = {member.task.aux for member in members if member.task.aux.classes}
+    if len(heads) > 1:
+        raise ValueError(f"the members' auxiliary heads differ ({sorted(h.to_dict()['column'] for h in heads)} "
+                         f"or their classes); they cannot be averaged")
+    return heads.pop() if heads else AuxiliaryColumn()
 
 
 class ImageFolderDataset(Dataset):
@@ -94,11 +107,18 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
     return [i for i, _ in good], images, bad
 
 
-def _member_probs(member: Member, images: torch.Tensor, tta: bool, dtype: torch.dtype | None) -> torch.Tensor:
-    """The task's probabilities [B, len(labels)], averaged over the views."""
+def _member_probs(
+    member: Member, images: torch.Tensor, tta: bool, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The task's probabilities [B, len(labels)] and the auxiliary head's (or None), averaged over the views."""
     views = [images, images.flip(-1)] if tta else [images]
     with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        return torch.stack([member.task.probabilities(member.model(view)) for view in views]).mean(0)
+        logits = [member.model(view) for view in views]
+    probs = torch.stack([member.task.probabilities(view) for view in logits]).mean(0)
+    if not member.task.aux.classes:
+        return probs, None
+    aux = torch.stack([torch.softmax(member.task.auxiliary_logits(view).float(), dim=1) for view in logits]).mean(0)
+    return probs, aux
 
 
 def _groups_by_preprocess(members: Sequence[Member]) -> list[list[Member]]:
@@ -124,6 +144,8 @@ def predict_folder(
     dtype = autocast_dtype("auto", device)
     width = len(members[0].config.labels)
     sums = np.zeros((len(paths), width), dtype=np.float64)
+    head = auxiliary_head(members)
+    aux_sums = np.zeros((len(paths), len(head.classes)), dtype=np.float64)
     errors: dict[int, str] = {}
     groups = _groups_by_preprocess(members)
     for group in groups:
@@ -134,11 +156,17 @@ def predict_folder(
                 continue
             images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
             for member in group:
-                sums[indices] += _member_probs(member, images, tta, dtype).cpu().numpy()
+                probs, aux = _member_probs(member, images, tta, dtype)
+                sums[indices] += probs.cpu().numpy()
+                if aux is not None:
+                    aux_sums[indices] += aux.cpu().numpy()
     good = [i for i in range(len(paths)) if i not in errors]
+    carriers = sum(bool(member.task.aux.classes) for member in members)
     return Predictions(
         names=[paths[i].name for i in good],
         probs=(sums[good] / len(members)).astype(np.float32),
+        aux=(aux_sums[good] / carriers).astype(np.float32) if carriers else None,
+        aux_head=head,
         errors={paths[i].name: reason for i, reason in sorted(errors.items())},
         seconds=time.perf_counter() - started,
     )
@@ -158,10 +186,15 @@ def write_predictions(out_dir: Path, predictions: Predictions, members: Sequence
 
 
 def write_probabilities(out_dir: Path, predictions: Predictions, members: Sequence[Member], id_style: str) -> Path:
-    """<task>_prob.csv: the ensemble's probabilities (and derived scores) in the submission's row order."""
+    """<task>_prob.csv: the ensemble's probabilities (and derived scores) in the submission's row order, then
+    the auxiliary head's as `<column>_<class>`."""
     task = members[0].task
     path = Path(out_dir) / f"{task.name}_prob.csv"
-    write_probability_csv(path, predictions.names, task.probability_columns(predictions.probs), id_style)
+    columns = task.probability_columns(predictions.probs)
+    if predictions.aux is not None:
+        head = predictions.aux_head
+        columns |= {f"{head.column}_{name}": predictions.aux[:, i] for i, name in enumerate(head.classes)}
+    write_probability_csv(path, predictions.names, columns, id_style)
     return path
 
 

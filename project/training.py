@@ -250,7 +250,7 @@ def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int 
         engine_config=_engine_config(args),
         checkpoint_config=CheckpointConfig(
             task=task.name, model_name=model_name, model_kwargs=kwargs, labels=task.labels,
-            preprocess=data.preprocess,
+            preprocess=data.preprocess, auxiliary=task.aux.to_dict(),
         ),
     )
 

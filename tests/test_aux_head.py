@@ -13,7 +13,8 @@ from conftest import write_cla_dataset
 
 from project.data.layout import Sample
 from project.losses import AuxiliaryHeadLoss, ClassificationLoss
-from project.models.checkpoint import load_checkpoint
+from project.models.checkpoint import load_checkpoint, save_checkpoint
+from project.predict import load_members, predict_folder, write_probabilities
 from project.tasks import create_task
 from project.training import run
 
@@ -79,7 +80,9 @@ def test_a_missing_column_or_a_mix_with_mixup_or_coarse_labels_is_refused() -> N
         task.configure(_args(), [*_samples(), coarse])
 
 
-def test_a_run_with_a_pathology_head_checkpoints_a_model_that_predicts_the_classes(tmp_path: Path) -> None:
+def test_a_run_with_a_pathology_head_checkpoints_a_model_that_predicts_the_classes_and_the_head(
+    tmp_path: Path,
+) -> None:
     pathology = {"pathology": lambda name: "malignant" if name == "4" else "benign"}
     data = write_cla_dataset(tmp_path / "data", CLASSES, per_class=4, columns=pathology)
     out = tmp_path / "run"
@@ -89,6 +92,20 @@ def test_a_run_with_a_pathology_head_checkpoints_a_model_that_predicts_the_class
         row = next(csv.DictReader(handle))
     assert 0 <= float(row["val_aux_accuracy"]) <= 1 and 0 <= float(row["val_aux_auc"]) <= 1
     model, config = load_checkpoint(out / "best.safetensors")
+    assert config.auxiliary == {"column": "pathology", "classes": ["benign", "malignant"]}
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 5)
-    task = create_task(config.task, config.labels)
-    assert task.probabilities(model(torch.zeros(2, 3, 32, 32))).shape == (2, 3)
+
+    images = sorted((data / "train" / "cla").glob("*/images/*.png"))[:3]
+    members = load_members([out / "best.safetensors"] * 2, torch.device("cpu"))
+    predictions = predict_folder(images, members, torch.device("cpu"), batch_size=2, workers=0, tta=True)
+    assert predictions.probs.shape == (3, 3) and predictions.aux.shape == (3, 2)
+    assert predictions.aux.sum(axis=1) == pytest.approx([1.0] * 3, abs=1e-5)
+    with (write_probabilities(tmp_path, predictions, members, "name")).open() as handle:
+        header = next(csv.reader(handle))
+    assert header == ["img_name", *CLASSES, "malignancy", "pathology_benign", "pathology_malignant"]
+
+    other = tmp_path / "other.safetensors"
+    config.auxiliary = {"column": "histology", "classes": ["a", "b"]}
+    save_checkpoint(other, model, config)
+    with pytest.raises(ValueError, match="auxiliary heads differ"):
+        load_members([out / "best.safetensors", other], torch.device("cpu"))

@@ -37,6 +37,7 @@ class CheckpointConfig:
     labels: list[str]
     preprocess: dict
     thresholds: dict[str, float] = field(default_factory=dict)
+    auxiliary: dict = field(default_factory=dict)  # an auxiliary head's column and classes; empty: none
     metrics: dict = field(default_factory=dict)
     epoch: int | None = None
     code_version: str = ""

@@ -2,6 +2,7 @@
 
 from project.tasks.base import (
     TASKS,
+    AuxiliaryColumn,
     Evaluation,
     Task,
     TaskDatasets,
@@ -15,5 +16,5 @@ from project.tasks.features import FeatureTask
 from project.tasks.mammo import MammoTask
 from project.tasks.mammo_patch import PatchTask
 
-__all__ = ["TASKS", "ClassificationTask", "Evaluation", "FeatureTask", "MammoTask", "PatchTask", "Task", "TaskDatasets",
-           "UnknownTask", "create_task", "register_task", "task_class"]
+__all__ = ["TASKS", "AuxiliaryColumn", "ClassificationTask", "Evaluation", "FeatureTask", "MammoTask", "PatchTask",
+           "Task", "TaskDatasets", "UnknownTask", "create_task", "register_task", "task_class"]

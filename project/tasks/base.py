@@ -75,6 +75,13 @@ class AuxiliaryColumn:
         value = sample.extra.get(self.column, "")
         return self.classes.index(value) if value in self.classes else -1
 
+    def to_dict(self) -> dict:
+        return {"column": self.column, "classes": list(self.classes)} if self.classes else {}
+
+    @classmethod
+    def from_dict(cls, recorded: Mapping) -> AuxiliaryColumn:
+        return cls(recorded["column"], tuple(recorded["classes"])) if recorded else cls()
+
     def metrics(self, logits: torch.Tensor, indices: torch.Tensor) -> dict[str, float]:
         """Accuracy of the head where its class is known; with two classes, also the AUC of the second."""
         known = indices >= 0
@@ -104,8 +111,9 @@ class Task(ABC):
     # loss, from the shared dataset's masks or boxes (project.models.lesion_map).
     lesion_maps: ClassVar[bool] = False
 
-    def __init__(self, labels: Sequence[str]) -> None:
+    def __init__(self, labels: Sequence[str], aux: AuxiliaryColumn | None = None) -> None:
         self.labels = list(labels)
+        self.aux = aux or AuxiliaryColumn()
 
     # Data --------------------------------------------------------------------------------------
 
@@ -176,6 +184,10 @@ class Task(ABC):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits [B, ...] to probabilities [B, len(labels)]."""
 
+    def auxiliary_logits(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """The auxiliary head's logits [B, len(aux.classes)], after the task's own; None without a head."""
+        return None
+
     @abstractmethod
     def decide(self, probs: np.ndarray, thresholds: Mapping[str, float]) -> np.ndarray:
         """Probabilities [N, len(labels)] to the submitted values, with tuned thresholds by label."""
@@ -214,6 +226,6 @@ def task_class(name: str) -> type[Task]:
         raise UnknownTask(f"unknown task {name!r}; registered: {', '.join(sorted(TASKS))}") from None
 
 
-def create_task(name: str, labels: Sequence[str]) -> Task:
-    """The task registered as `name`, bound to `labels`."""
-    return task_class(name)(labels)
+def create_task(name: str, labels: Sequence[str], aux: AuxiliaryColumn | None = None) -> Task:
+    """The task registered as `name`, bound to `labels` (and an auxiliary head's classes)."""
+    return task_class(name)(labels, aux)

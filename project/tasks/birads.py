@@ -44,10 +44,6 @@ class ClassificationTask(Task):
     partial = False  # set by configure when a training sample carries a coarse label
     lesion_maps = True
 
-    def __init__(self, labels: Sequence[str]) -> None:
-        super().__init__(labels)
-        self.aux = AuxiliaryColumn()
-
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         add = parser.add_argument
@@ -167,8 +163,9 @@ class ClassificationTask(Task):
         """The cla score over the fine labels; a coarse label counts as right (coarse_accuracy) inside its set;
         an auxiliary head's accuracy (and AUC) beside."""
         extra_metrics = {}
-        if self.aux.classes:
-            extra_metrics = self.aux.metrics(logits[:, len(self.labels):], targets[:, 1])
+        aux_logits = self.auxiliary_logits(logits)
+        if aux_logits is not None:
+            extra_metrics = self.aux.metrics(aux_logits, targets[:, 1])
             logits, targets = logits[:, : len(self.labels)], targets[:, 0]
         y_pred = logits.argmax(dim=1).numpy()
         if targets.dim() == 2:
@@ -191,6 +188,9 @@ class ClassificationTask(Task):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over the classes' logits (an auxiliary head's, after them, are not read)."""
         return torch.softmax(logits.float()[:, : len(self.labels)], dim=-1)
+
+    def auxiliary_logits(self, logits: torch.Tensor) -> torch.Tensor | None:
+        return logits[:, len(self.labels):] if self.aux.classes else None
 
     def decide(self, probs: np.ndarray, thresholds: Mapping[str, float]) -> np.ndarray:
         """The most probable class."""

@@ -98,10 +98,9 @@ class MammoTask(Task):
     default_model = "tf_efficientnet_lite0"
     default_lr = 5e-4
 
-    def __init__(self, labels: Sequence[str]) -> None:
-        super().__init__(labels)
+    def __init__(self, labels: Sequence[str], aux: AuxiliaryColumn | None = None) -> None:
+        super().__init__(labels, aux)
         self.judging = Judging()
-        self.aux = AuxiliaryColumn()
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -185,7 +184,7 @@ class MammoTask(Task):
         ids = breast_ids(samples)
         aux_metrics = {}
         if targets.ndim == 2:
-            aux_metrics = self.aux.metrics(logits[:, 1:], targets[:, 1].round().long())
+            aux_metrics = self.aux.metrics(self.auxiliary_logits(logits), targets[:, 1].round().long())
             targets = targets[:, 0]
         _, labels = aggregate(ids, targets.numpy(), "max")
         _, probs = aggregate(ids, self.probabilities(logits)[:, 0].numpy(), judging.aggregate)
@@ -204,6 +203,9 @@ class MammoTask(Task):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits.float()[:, :1])
+
+    def auxiliary_logits(self, logits: torch.Tensor) -> torch.Tensor | None:
+        return logits[:, 1:] if self.aux.classes else None
 
     def decide(self, probs: np.ndarray, thresholds: Mapping[str, float]) -> np.ndarray:
         return (probs[:, 0] >= thresholds.get(LABEL, 0.5)).astype(int)
