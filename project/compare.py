@@ -41,8 +41,8 @@ def paired_differences(baseline: Mapping[str, Mapping], other: Mapping[str, Mapp
         raise CompareError(f"fold(s) {unequal} were scored on different image counts")
     result = {}
     for column in CV_COLUMNS:
-        pairs = [(baseline[f][column], other[f][column]) for f in sorted(baseline)
-                 if baseline[f][column] is not None and other[f][column] is not None]
+        pairs = [(baseline[f].get(column), other[f].get(column)) for f in sorted(baseline)
+                 if baseline[f].get(column) is not None and other[f].get(column) is not None]
         if not pairs:
             continue
         base, new = np.array(pairs, dtype=float).T

@@ -9,7 +9,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -38,7 +38,7 @@ from project.runfolder import (
     read_validation_split,
 )
 from project.runtime import resolve_device
-from project.tasks import ClassificationTask
+from project.tasks import AuxiliaryColumn, ClassificationTask
 
 CALIBRATION_BINS = 10
 CV_COLUMNS = {
@@ -47,6 +47,7 @@ CV_COLUMNS = {
     "kappa": "quadratic kappa",
     "auc_birads": "AUC malignancy vs BI-RADS≥4",
     "auc_biopsy": "AUC malignancy vs biopsy",
+    "auc_biopsy_head": "AUC pathology head vs biopsy",
 }
 PLOTS = {
     "learning_curves.png": "Learning curves",
@@ -74,6 +75,8 @@ class Validation:
     skipped: dict[str, str]
     split: str
     data: Path
+    aux: np.ndarray | None = None  # an auxiliary head's probabilities, the mean over the members that have it
+    aux_head: AuxiliaryColumn = field(default_factory=AuxiliaryColumn)
 
 
 def split_description(args: argparse.Namespace, val: Sequence[Sample]) -> str:
@@ -140,7 +143,7 @@ def predict_validation(
     return Validation(
         samples=[by_name[predictions.names[i]] for i in order], probs=predictions.probs[order],
         classes=member.task.labels, members=members, skipped=predictions.errors, split=split_description(args, val),
-        data=root,
+        data=root, aux=None if predictions.aux is None else predictions.aux[order], aux_head=predictions.aux_head,
     )
 
 
@@ -162,7 +165,8 @@ def _auc(truth: np.ndarray, score: np.ndarray) -> dict:
 
 
 def malignancy(validation: Validation) -> dict:
-    """P(BI-RADS ≥ 4) against BI-RADS ≥ 4 and, where `extra['pathology']` is known, against biopsy."""
+    """P(BI-RADS ≥ 4) against BI-RADS ≥ 4 and, where `extra['pathology']` is known, against biopsy; with an
+    auxiliary head whose classes are benign and malignant (`--aux-column pathology`), its P(malignant) too."""
     first = malignancy_index(validation.classes)
     score = validation.probs[:, first:].sum(axis=1)
     labels = np.array([s.label for s in validation.samples])
@@ -171,6 +175,9 @@ def malignancy(validation: Validation) -> dict:
     known = np.array([p in ("benign", "malignant") for p in pathology], dtype=bool)
     biopsy = np.array([p == "malignant" for p in pathology], dtype=int)
     result["biopsy"] = _auc(biopsy[known], score[known]) if known.any() else None
+    head = [c.lower() for c in validation.aux_head.classes]
+    if validation.aux is not None and head == ["benign", "malignant"] and known.any():
+        result["head_biopsy"] = _auc(biopsy[known], validation.aux[known, 1])
     return result
 
 
@@ -347,6 +354,7 @@ def _report_html(metrics: dict, plots: Sequence[str]) -> str:
         ("macro-F1", _fmt(cla["macro_f1"])), ("quadratic kappa", _fmt(cla["kappa"])),
         (f"malignancy AUC vs BI-RADS ≥ {mal['positive_from']}", _fmt(_auc_of(mal["birads"]))),
         ("malignancy AUC vs biopsy", _fmt(_auc_of(mal["biopsy"])) if mal["biopsy"] else "no pathology labels"),
+        *([("pathology head's AUC vs biopsy", _fmt(_auc_of(mal["head_biopsy"])))] if "head_biopsy" in mal else []),
         ("ECE (top-class confidence)", _fmt(metrics["calibration"]["ece"])),
     ])
     per_class = _html_table(["class", "precision", "recall", "F1", "support"], [
@@ -411,7 +419,8 @@ def fold_figures(metrics: Mapping) -> dict[str, float | None]:
     """The cross-validation columns of one report's metrics.json."""
     cla, mal = metrics["cla"], metrics["malignancy"]
     return {"n": cla["n"], "macro_f1": cla["macro_f1"], "accuracy": cla["accuracy"], "kappa": cla["kappa"],
-            "auc_birads": _auc_of(mal["birads"]), "auc_biopsy": _auc_of(mal["biopsy"])}
+            "auc_birads": _auc_of(mal["birads"]), "auc_biopsy": _auc_of(mal["biopsy"]),
+            "auc_biopsy_head": _auc_of(mal.get("head_biopsy"))}
 
 
 def summarise_folds(metrics_by_fold: Mapping[str, Mapping]) -> list[dict]:

@@ -24,6 +24,7 @@ from project.report import (
     baselines,
     build_report,
     calibration,
+    fold_figures,
     format_cv_table,
     gradcam_target_layer,
     main,
@@ -31,6 +32,7 @@ from project.report import (
     malignancy_index,
     summarise_folds,
 )
+from project.tasks import AuxiliaryColumn
 from project.training import run
 
 TINY = ["--model", "convnext_atto", "--img-size", "32", "--epochs", "1", "--batch-size", "16", "--workers", "0"]
@@ -157,18 +159,35 @@ def test_summarise_folds_skips_undefined_figures() -> None:
     assert "| **mean ± sd** | 30 | 0.4000 ± 0.1000 | 0.8000 ± 0.2000 | n/a |" in format_cv_table(rows)
 
 
-def test_malignancy_uses_biopsy_truth_where_known() -> None:
+def _biopsy_validation(**head) -> Validation:
+    """Five images, the third without a biopsy outcome; P(≥4) = 0.8, 0.1, 0.6, 0.4, 0.3."""
     pathology = ["malignant", "benign", "", "malignant", "benign"]
     samples = [Sample(Path(f"{i}.png"), label=label, extra={"pathology": p} if p else {})
                for i, (label, p) in enumerate(zip([2, 0, 3, 1, 3], pathology))]
     probs = np.array([[0.1, 0.1, 0.8, 0.0], [0.7, 0.2, 0.1, 0.0], [0.2, 0.2, 0.3, 0.3],
                       [0.5, 0.1, 0.2, 0.2], [0.2, 0.5, 0.3, 0.0]])
-    validation = Validation(samples, probs, ["2", "3", "4", "5"], members=[], skipped={}, split="", data=Path())
-    result = malignancy(validation)
-    # P(≥4) = 0.8, 0.1, 0.6, 0.4, 0.3: biopsy over the four known images, BI-RADS ≥ 4 over all five.
+    return Validation(samples, probs, ["2", "3", "4", "5"], members=[], skipped={}, split="", data=Path(), **head)
+
+
+def test_malignancy_uses_biopsy_truth_where_known() -> None:
+    result = malignancy(_biopsy_validation())
+    # Biopsy over the four known images, BI-RADS ≥ 4 over all five.
     assert result["biopsy"]["n"] == 4 and result["biopsy"]["auc"] == pytest.approx(1.0)
     assert result["birads"]["n"] == 5 and result["birads"]["auc"] == pytest.approx(roc_auc_score(
         [1, 0, 1, 0, 1], [0.8, 0.1, 0.6, 0.4, 0.3]))
+    assert "head_biopsy" not in result
+
+
+def test_a_pathology_heads_probability_is_scored_against_biopsy_beside_p_birads_4() -> None:
+    aux = np.array([[0.3, 0.7], [0.9, 0.1], [0.5, 0.5], [0.6, 0.4], [0.2, 0.8]])
+    head = AuxiliaryColumn("pathology", ("benign", "malignant"))
+    result = malignancy(_biopsy_validation(aux=aux, aux_head=head))
+    # Known: malignant 0.7 and 0.4 against benign 0.1 and 0.8: two of four pairs ordered.
+    assert result["head_biopsy"]["n"] == 4 and result["head_biopsy"]["auc"] == pytest.approx(0.5)
+    figures = fold_figures({"cla": {"n": 5, "macro_f1": 0.5, "accuracy": 0.5, "kappa": 0.1}, "malignancy": result})
+    assert figures["auc_biopsy_head"] == pytest.approx(0.5) and figures["auc_biopsy"] == pytest.approx(1.0)
+    other = malignancy(_biopsy_validation(aux=aux, aux_head=AuxiliaryColumn("tissue", ("dense", "fatty"))))
+    assert "head_biopsy" not in other
 
 
 def test_malignancy_index_and_calibration() -> None:
