@@ -44,8 +44,8 @@ class AuxiliaryColumn:
     """An auxiliary head's classes: the values of a metadata column in the training images.
 
     The head's logits follow the task's own; its target is the class index, -1 where the column is
-    empty or holds a value the training images lack. The head only shapes training: prediction
-    reads the task's logits alone.
+    empty or holds a value the training images lack. Decisions read the task's logits alone;
+    prediction reports the head's probabilities beside them.
     """
 
     column: str | None = None
@@ -111,9 +111,9 @@ class Task(ABC):
     # loss, from the shared dataset's masks or boxes (project.models.lesion_map).
     lesion_maps: ClassVar[bool] = False
 
-    def __init__(self, labels: Sequence[str], aux: AuxiliaryColumn | None = None) -> None:
+    def __init__(self, labels: Sequence[str]) -> None:
         self.labels = list(labels)
-        self.aux = aux or AuxiliaryColumn()
+        self.aux = AuxiliaryColumn()  # set by configure (training) or create_task (a checkpoint's)
 
     # Data --------------------------------------------------------------------------------------
 
@@ -227,5 +227,8 @@ def task_class(name: str) -> type[Task]:
 
 
 def create_task(name: str, labels: Sequence[str], aux: AuxiliaryColumn | None = None) -> Task:
-    """The task registered as `name`, bound to `labels` (and an auxiliary head's classes)."""
-    return task_class(name)(labels, aux)
+    """The task registered as `name`, bound to `labels` (and a checkpoint's auxiliary head)."""
+    task = task_class(name)(labels)
+    if aux is not None:
+        task.aux = aux
+    return task

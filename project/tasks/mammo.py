@@ -98,8 +98,8 @@ class MammoTask(Task):
     default_model = "tf_efficientnet_lite0"
     default_lr = 5e-4
 
-    def __init__(self, labels: Sequence[str], aux: AuxiliaryColumn | None = None) -> None:
-        super().__init__(labels, aux)
+    def __init__(self, labels: Sequence[str]) -> None:
+        super().__init__(labels)
         self.judging = Judging()
 
     @classmethod
