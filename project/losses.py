@@ -1,4 +1,4 @@
-"""Training losses: label-smoothed weighted cross-entropy, soft-F1, the masked multi-task loss, partial labels."""
+"""Training losses: cross-entropy (label-smoothed or ordinal, weighted), soft-F1, multi-task, partial labels."""
 
 from __future__ import annotations
 
@@ -133,31 +133,48 @@ def inverse_frequency_weights(labels: Sequence[int] | torch.Tensor, num_classes:
     return torch.where(counts > 0, weights, torch.zeros_like(weights))
 
 
+def ordinal_soft_labels(num_classes: int, scale: float) -> torch.Tensor:
+    """[K, K] soft-label matrix of SORD (Díaz & Marathe, CVPR 2019): row y is softmax_k(-scale (k - y)^2).
+
+    The classes are taken in their listed order as ranks, so a neighbouring grade keeps more of
+    the target than a distant one; scale 0 gives uniform rows, a large scale the one-hot rows.
+    """
+    ranks = torch.arange(num_classes, dtype=torch.float32)
+    return torch.softmax(-scale * (ranks[None, :] - ranks[:, None]) ** 2, dim=1)
+
+
 class ClassificationLoss(nn.Module):
-    """Label-smoothed cross-entropy with optional class weights for the BI-RADS classifier.
+    """Label-smoothed cross-entropy with optional class weights and ordinal soft labels for BI-RADS.
 
     targets: class indices [B] or class probabilities [B, K] (CutMix/mixup). Indices become
     one-hot rows, so both kinds are normalised alike: the batch mean of
     sum_k w_k q_k (-log p_k) over the smoothed targets q (torch's index-target mean would
-    divide by sum_i w_{y_i} instead).
+    divide by sum_i w_{y_i} instead). With `ordinal_scale` > 0 the targets are first spread over
+    the neighbouring grades (q = targets @ ordinal_soft_labels), which keeps mixed targets linear.
     """
 
     def __init__(
         self,
         class_weights: Sequence[float] | torch.Tensor | None = None,
         label_smoothing: float = 0.2,
+        ordinal_scale: float = 0.0,
     ):
         super().__init__()
         weights = None if class_weights is None else torch.as_tensor(class_weights).float()
         self.register_buffer("class_weights", weights, persistent=False)
         self.label_smoothing = label_smoothing
+        self.ordinal_scale = ordinal_scale
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        num_classes = logits.shape[-1]
         if not targets.is_floating_point():
-            targets = F.one_hot(targets, logits.shape[-1])
+            targets = F.one_hot(targets, num_classes)
+        targets = targets.float()
+        if self.ordinal_scale > 0:
+            targets = targets @ ordinal_soft_labels(num_classes, self.ordinal_scale).to(targets.device)
         return F.cross_entropy(
             logits.float(),
-            targets.float(),
+            targets,
             weight=self.class_weights,
             label_smoothing=self.label_smoothing,
         )

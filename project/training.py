@@ -66,7 +66,7 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     add("--select", choices=("best", "last"), default="best",
         help="checkpoint of the best validation epoch, or of the last (unbiased figures for cross-validation)")
     add("--seed", type=int, default=0)
-    add("--deterministic", action="store_true")
+    add("--deterministic", action=argparse.BooleanOptionalAction, default=False)
     add("--workers", type=_workers, default="auto",
         help="DataLoader workers; auto: none on CPU (the model uses every core), up to 8 with a GPU")
     add("--cache", choices=("ram", "none"), default="ram",
@@ -77,15 +77,16 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     add("--fold", type=int, default=0, help="which fold validates (0-based)")
     add("--val-fraction", type=float, default=0.2)
     add("--init-weights", type=Path, help="local weights file (.safetensors or a state dict)")
-    add("--pretrained", action="store_true",
+    add("--pretrained", action=argparse.BooleanOptionalAction, default=False,
         help="ImageNet weights: from the installed package for tf_efficientnet_lite0/1/2 (offline), else timm's hub")
     add("--stages", type=json.loads, default=None,
         help='staged unfreezing, JSON list of {"epochs": N, "lr": X, "train": ["head", ...] or "all"}')
     add("--no-cut-black", dest="cut_black", action="store_false")
     add("--cut-black-threshold", type=int, default=10)
     add("--cut-black-fraction", type=float, default=0.8)
-    add("--clahe", action="store_true", help="CLAHE on every image (training and prediction)")
-    add("--remove-marks", action="store_true",
+    add("--clahe", action=argparse.BooleanOptionalAction, default=False,
+            help="CLAHE on every image (training and prediction)")
+    add("--remove-marks", action=argparse.BooleanOptionalAction, default=False,
         help="inpaint burnt-in callipers, text and coloured overlays (training and prediction)")
     add("--mean", type=comma_floats, default=None,
         help="per-channel normalisation mean (default: the model's pretrained one)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -9,6 +10,14 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+
+def trainer_args(task: str = "cla", **overrides) -> argparse.Namespace:
+    """The trainer's parsed defaults for `task`, with keyword overrides (dashes as underscores)."""
+    from project.training import build_parser
+
+    args = build_parser(task).parse_args(["--data", "d", "--out", "o"])
+    return argparse.Namespace(**{**vars(args), "data": Path("d"), **overrides})
 
 
 def write_image(path: Path, seed: int, size: int = 32) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_cla_dataset
+from conftest import trainer_args, write_cla_dataset
 
 from project.data.layout import Sample
 from project.losses import AuxiliaryHeadLoss, ClassificationLoss
@@ -22,9 +22,7 @@ CLASSES = ["2", "3", "4"]
 
 
 def _args(**overrides) -> argparse.Namespace:
-    values = {"mixup": 0.0, "balance_by": None, "aux_column": "pathology", "aux_weight": 0.5, "data": Path("d"),
-              "weighted_loss": False, "label_smoothing": 0.0}
-    return argparse.Namespace(**{**values, **overrides})
+    return trainer_args(**{"aux_column": "pathology", "aux_weight": 0.5, "label_smoothing": 0.0, **overrides})
 
 
 def _samples() -> list[Sample]:

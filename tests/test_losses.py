@@ -1,4 +1,5 @@
-"""Losses: soft-F1 against scikit-learn, masking of unknown labels, soft targets, class weights, partial labels."""
+"""Losses: soft-F1 against scikit-learn, masking of unknown labels, soft targets, class weights, ordinal soft labels,
+partial labels."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from project.losses import (
     SoftF1Loss,
     allowed_mask,
     inverse_frequency_weights,
+    ordinal_soft_labels,
     soft_f1_loss,
 )
 
@@ -184,6 +186,29 @@ def test_classification_loss_with_weights_and_mixed_targets() -> None:
     mixed = 0.6 * F.one_hot(first, 3).float() + 0.4 * F.one_hot(second, 3).float()
     expected_mixed = 0.6 * loss_fn(logits, first) + 0.4 * loss_fn(logits, second)
     torch.testing.assert_close(loss_fn(logits, mixed), expected_mixed)
+
+
+
+def test_ordinal_soft_labels_by_hand() -> None:
+    rows = ordinal_soft_labels(3, scale=1.0)
+    first = torch.tensor([1.0, torch.e ** -1, torch.e ** -4])
+    torch.testing.assert_close(rows[0], first / first.sum())
+    middle = torch.tensor([torch.e ** -1, 1.0, torch.e ** -1])
+    torch.testing.assert_close(rows[1], middle / middle.sum())
+    torch.testing.assert_close(rows.sum(dim=1), torch.ones(3))
+    torch.testing.assert_close(ordinal_soft_labels(4, scale=0.0), torch.full((4, 4), 0.25))
+    torch.testing.assert_close(ordinal_soft_labels(4, scale=50.0), torch.eye(4))
+
+
+def test_ordinal_loss_is_cross_entropy_against_the_spread_targets() -> None:
+    logits = torch.randn(4, 4, generator=torch.Generator().manual_seed(3))
+    labels, other = torch.tensor([0, 1, 3, 2]), torch.tensor([3, 1, 0, 2])
+    loss_fn = ClassificationLoss(label_smoothing=0.0, ordinal_scale=2.0)
+    spread = ordinal_soft_labels(4, 2.0)[labels]
+    torch.testing.assert_close(loss_fn(logits, labels), -(spread * logits.log_softmax(-1)).sum(-1).mean())
+    assert loss_fn(logits, labels) != ClassificationLoss(label_smoothing=0.0)(logits, labels)
+    mixed = 0.7 * F.one_hot(labels, 4).float() + 0.3 * F.one_hot(other, 4).float()
+    torch.testing.assert_close(loss_fn(logits, mixed), 0.7 * loss_fn(logits, labels) + 0.3 * loss_fn(logits, other))
 
 
 COARSE = [(0,), (2, 3, 4), (5,), (2, 3, 4), (1,), (0, 1, 2, 3, 4, 5), (3, 4)]

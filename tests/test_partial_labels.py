@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import write_cla_dataset
+from conftest import trainer_args, write_cla_dataset
 
 from project.adapters.merge import main as merge_main
 from project.data.layout import Sample, load_split
@@ -44,7 +43,7 @@ def test_merging_declares_the_coarse_label_and_keeps_the_primary_folds(merged: P
 
 def _task(samples: list[Sample]):
     task = create_task("cla", FINE)
-    task.configure(argparse.Namespace(mixup=0.0, balance_by=None), samples)
+    task.configure(trainer_args(), samples)
     return task
 
 
@@ -54,11 +53,11 @@ def test_a_coarse_sample_makes_the_run_partial_label() -> None:
 
     assert task.partial
     assert task.target(fine).tolist() == [True, False, False] and task.target(coarse).tolist() == [False, True, True]
-    loss = task.loss(argparse.Namespace(weighted_loss=False, label_smoothing=0.1), [fine, coarse])
+    loss = task.loss(trainer_args(label_smoothing=0.1), [fine, coarse])
     assert isinstance(loss, PartialLabelLoss)
     assert task.truth_from_columns(task.label_columns(coarse)) == {"label": None, "allowed": (1, 2)}
     assert not _task([fine]).partial
-    assert isinstance(_task([fine]).loss(argparse.Namespace(weighted_loss=False, label_smoothing=0.1), [fine]),
+    assert isinstance(_task([fine]).loss(trainer_args(label_smoothing=0.1), [fine]),
                       ClassificationLoss)
 
 
@@ -83,7 +82,9 @@ def test_balance_by_source_gives_each_source_an_equal_balanced_share() -> None:
     assert weights[9:21].sum() == pytest.approx(weights[21:].sum()) == pytest.approx(0.5)  # coarse source: 0 and {1, 2}
     task = _task(samples)
     with pytest.raises(SystemExit, match="'site' is not a metadata column"):
-        task.configure(argparse.Namespace(balance_by="site", mixup=0.0, data=Path("d")), samples)
+        task.configure(trainer_args(balance_by="site"), samples)
+    with pytest.raises(SystemExit, match="--ordinal-smoothing needs a fine label"):
+        task.configure(trainer_args(ordinal_smoothing=2.0), samples)
 
 
 def test_evaluation_scores_fine_labels_and_counts_coarse_ones_inside_their_set() -> None:

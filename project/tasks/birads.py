@@ -51,13 +51,18 @@ class ClassificationTask(Task):
         add("--sd-max", type=float, default=0.6)
         add("--p-head", type=float, default=0.5)
         add("--label-smoothing", type=float, default=0.2)
-        add("--oversample", action="store_true", help="WeightedRandomSampler over classes")
+        add("--ordinal-smoothing", type=float, default=0.0,
+            help="SORD soft labels: the target of grade y gives class k a weight proportional to "
+                 "exp(-s (k - y)^2) over the listed class order, e.g. 2; 0 = off")
+        add("--oversample", action=argparse.BooleanOptionalAction, default=False,
+            help="WeightedRandomSampler over classes")
         add("--class-weights", type=comma_floats, default=None,
             help="relative draw rates per class for --oversample, e.g. 1,1,10,5,5,2 (default: equal)")
         add("--balance-by", default=None,
             help="metadata column (e.g. source of a merged dataset): with --oversample each of its values gets an "
                  "equal share of the draws, balanced over its own classes, so the class cannot be told by the source")
-        add("--weighted-loss", action="store_true", help="inverse-frequency class weights in the loss")
+        add("--weighted-loss", action=argparse.BooleanOptionalAction, default=False,
+            help="inverse-frequency class weights in the loss")
         add("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
         AuxiliaryColumn.add_arguments(parser, "e.g. BUS-BRA's pathology: benign / malignant")
 
@@ -88,6 +93,8 @@ class ClassificationTask(Task):
         if self.partial and args.mixup > 0:
             raise SystemExit("--mixup cannot mix coarse labels (dataset.yaml coarse_labels); leave it at 0")
         self.aux = AuxiliaryColumn.from_args(args, train)
+        if self.partial and args.ordinal_smoothing > 0:
+            raise SystemExit("--ordinal-smoothing needs a fine label for every image (dataset.yaml coarse_labels)")
         if self.aux.classes and (self.partial or args.mixup > 0):
             raise SystemExit("--aux-column works with fine labels and without --mixup")
 
@@ -109,7 +116,8 @@ class ClassificationTask(Task):
         class_weights = inverse_frequency_weights(labels, len(self.labels)) if args.weighted_loss else None
         if self.partial:
             return PartialLabelLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
-        loss = ClassificationLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
+        loss = ClassificationLoss(class_weights=class_weights, label_smoothing=args.label_smoothing,
+                                  ordinal_scale=args.ordinal_smoothing)
         return AuxiliaryHeadLoss(loss, len(self.labels), args.aux_weight) if self.aux.classes else loss
 
     def train_sampler(

@@ -109,7 +109,8 @@ class MammoTask(Task):
             help="model input HxW, e.g. 512x256 (default: the prepared folder's size; --img-size is not used)")
         add("--negative-fraction", type=float, default=0.1,
             help="negatives kept each epoch, drawn anew (every positive is kept; 1 = all)")
-        add("--oversample", action="store_true", help="oversample positives instead of down-sampling negatives")
+        add("--oversample", action=argparse.BooleanOptionalAction, default=False,
+            help="oversample positives instead of down-sampling negatives")
         add("--positive-share", type=float, default=0.5, help="share of positive draws with --oversample")
         add("--pos-weight", type=float, default=1.0, help="weight of the positives in the cross-entropy")
         add("--aggregate", choices=AGGREGATIONS, default="mean", help="a breast's probability from its images'")

@@ -57,7 +57,8 @@ class PatchTask(Task):
         add("--size", type=int, default=None,
             help="model input side in pixels (default: the patches' side; --img-size is not used)")
         add("--label-smoothing", type=float, default=0.1)
-        add("--oversample", action="store_true", help="draw the three classes equally often")
+        add("--oversample", action=argparse.BooleanOptionalAction, default=False,
+            help="draw the three classes equally often")
 
     @classmethod
     def load(cls, root: Path, split: str = "train") -> tuple[Scan, list[str]]:
