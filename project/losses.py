@@ -149,29 +149,28 @@ class ClassificationLoss(nn.Module):
     targets: class indices [B] or class probabilities [B, K] (CutMix/mixup). Indices become
     one-hot rows, so both kinds are normalised alike: the batch mean of
     sum_k w_k q_k (-log p_k) over the smoothed targets q (torch's index-target mean would
-    divide by sum_i w_{y_i} instead). With `ordinal_scale` > 0 the targets are first spread over
-    the neighbouring grades (q = targets @ ordinal_soft_labels), which keeps mixed targets linear.
+    divide by sum_i w_{y_i} instead). With `soft_labels` ([K, K], e.g. ordinal_soft_labels) the
+    targets are first spread by it (q = targets @ soft_labels), which keeps mixed targets linear.
     """
 
     def __init__(
         self,
         class_weights: Sequence[float] | torch.Tensor | None = None,
         label_smoothing: float = 0.2,
-        ordinal_scale: float = 0.0,
+        soft_labels: torch.Tensor | None = None,
     ):
         super().__init__()
         weights = None if class_weights is None else torch.as_tensor(class_weights).float()
         self.register_buffer("class_weights", weights, persistent=False)
+        self.register_buffer("soft_labels", soft_labels, persistent=False)
         self.label_smoothing = label_smoothing
-        self.ordinal_scale = ordinal_scale
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        num_classes = logits.shape[-1]
         if not targets.is_floating_point():
-            targets = F.one_hot(targets, num_classes)
+            targets = F.one_hot(targets, logits.shape[-1])
         targets = targets.float()
-        if self.ordinal_scale > 0:
-            targets = targets @ ordinal_soft_labels(num_classes, self.ordinal_scale).to(targets.device)
+        if self.soft_labels is not None:
+            targets = targets @ self.soft_labels
         return F.cross_entropy(
             logits.float(),
             targets,

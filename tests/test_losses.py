@@ -203,7 +203,7 @@ def test_ordinal_soft_labels_by_hand() -> None:
 def test_ordinal_loss_is_cross_entropy_against_the_spread_targets() -> None:
     logits = torch.randn(4, 4, generator=torch.Generator().manual_seed(3))
     labels, other = torch.tensor([0, 1, 3, 2]), torch.tensor([3, 1, 0, 2])
-    loss_fn = ClassificationLoss(label_smoothing=0.0, ordinal_scale=2.0)
+    loss_fn = ClassificationLoss(label_smoothing=0.0, soft_labels=ordinal_soft_labels(4, 2.0))
     spread = ordinal_soft_labels(4, 2.0)[labels]
     torch.testing.assert_close(loss_fn(logits, labels), -(spread * logits.log_softmax(-1)).sum(-1).mean())
     assert loss_fn(logits, labels) != ClassificationLoss(label_smoothing=0.0)(logits, labels)

@@ -12,7 +12,7 @@ from conftest import trainer_args, write_cla_dataset
 
 from project.adapters.merge import main as merge_main
 from project.data.layout import Sample, load_split
-from project.losses import ClassificationLoss, PartialLabelLoss
+from project.losses import ClassificationLoss, PartialLabelLoss, ordinal_soft_labels
 from project.tasks import create_task
 from project.training import run
 
@@ -59,6 +59,9 @@ def test_a_coarse_sample_makes_the_run_partial_label() -> None:
     assert not _task([fine]).partial
     assert isinstance(_task([fine]).loss(trainer_args(label_smoothing=0.1), [fine]),
                       ClassificationLoss)
+    ordinal = _task([fine]).loss(trainer_args(label_smoothing=0.0, ordinal_smoothing=2.0), [fine])
+    torch.testing.assert_close(ordinal.soft_labels, ordinal_soft_labels(len(FINE), 2.0))
+    assert _task([fine]).loss(trainer_args(), [fine]).soft_labels is None
 
 
 def test_each_coarse_label_is_drawn_as_one_more_class() -> None:

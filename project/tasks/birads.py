@@ -22,6 +22,7 @@ from project.losses import (
     PartialLabelLoss,
     allowed_mask,
     inverse_frequency_weights,
+    ordinal_soft_labels,
 )
 from project.metrics import classification_report
 from project.tasks.base import AuxiliaryColumn, BatchTransform, Evaluation, Task, register_task
@@ -116,8 +117,9 @@ class ClassificationTask(Task):
         class_weights = inverse_frequency_weights(labels, len(self.labels)) if args.weighted_loss else None
         if self.partial:
             return PartialLabelLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
+        soft_labels = ordinal_soft_labels(len(self.labels), args.ordinal_smoothing) if args.ordinal_smoothing else None
         loss = ClassificationLoss(class_weights=class_weights, label_smoothing=args.label_smoothing,
-                                  ordinal_scale=args.ordinal_smoothing)
+                                  soft_labels=soft_labels)
         return AuxiliaryHeadLoss(loss, len(self.labels), args.aux_weight) if self.aux.classes else loss
 
     def train_sampler(
