@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -170,6 +171,36 @@ def predict_folder(
         errors={paths[i].name: reason for i, reason in sorted(errors.items())},
         seconds=time.perf_counter() - started,
     )
+
+
+def read_lesions(path: Path) -> dict[str, str]:
+    """{image file name: lesion id} from a CSV with `image` and `lesion` columns (blank lesions left out)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: lesion file not found")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in ("image", "lesion") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
+        return {row["image"].strip(): row["lesion"].strip() for row in reader if (row["lesion"] or "").strip()}
+
+
+def average_over_lesions(predictions: Predictions, lesion_of: Mapping[str, str]) -> Predictions:
+    """Each image's probabilities (and auxiliary ones) replaced by the mean over the readable images of its
+    lesion, as a reader grades a lesion from all its views; an image `lesion_of` does not name stays alone."""
+    index: dict[tuple[str, str], int] = {}
+    keys = [("lesion", lesion_of[name]) if name in lesion_of else ("image", name) for name in predictions.names]
+    group = np.array([index.setdefault(key, len(index)) for key in keys], dtype=np.int64)
+
+    def mean_within(values: np.ndarray | None) -> np.ndarray | None:
+        if values is None:
+            return None
+        sums = np.zeros((len(index), values.shape[1]), dtype=np.float64)
+        np.add.at(sums, group, values)
+        return (sums / np.bincount(group, minlength=len(index))[:, None])[group].astype(values.dtype)
+
+    return replace(predictions, probs=mean_within(predictions.probs), aux=mean_within(predictions.aux))
 
 
 def ensemble_thresholds(members: Sequence[Member]) -> dict[str, float]:

@@ -22,13 +22,20 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
 from project.data.classes import MALIGNANT_FROM, first_malignant_class
-from project.data.layout import Sample
+from project.data.layout import Sample, load_config
 from project.data.submission import write_cla_csv
 from project.evaluate import evaluate_folders
 from project.fileio import atomic_write_csv, atomic_write_text, numeric_order_key
 from project.models.lesion_map import WithLesionMap
 from project.plots import plot_confusion_matrices, plot_learning_curves, save_figure
-from project.predict import ImageFolderDataset, Member, Predictions, load_members, predict_folder
+from project.predict import (
+    ImageFolderDataset,
+    Member,
+    Predictions,
+    average_over_lesions,
+    load_members,
+    predict_folder,
+)
 from project.runfolder import (
     BEST_CHECKPOINT,
     SUMMARY_FILE,
@@ -77,6 +84,7 @@ class Validation:
     data: Path
     aux: np.ndarray | None = None  # an auxiliary head's probabilities, the mean over the members that have it
     aux_head: AuxiliaryColumn = field(default_factory=AuxiliaryColumn)
+    lesions: int | None = None  # with a lesion column: how many lesions the images show
 
 
 def split_description(args: argparse.Namespace, val: Sequence[Sample]) -> str:
@@ -113,14 +121,27 @@ def _same_validation(run: Path, other: Path, task: ClassificationTask, root: Pat
                           f"{run / VALIDATION_FILE}; ensemble members must be trained on the same fold")
 
 
+def lesions_from_metadata(samples: Sequence[Sample], column: str, root: Path) -> dict[str, str]:
+    """{image name: lesion id} from a metadata column that val.csv kept, or from the dataset's group column."""
+    group_column = load_config(root).group_column or "group"
+    if column in (group_column, "group"):
+        return {s.path.name: s.group for s in samples if s.group}
+    if not any(column in s.extra for s in samples):
+        known = sorted({key for s in samples for key in s.extra} | {group_column})
+        raise ReportError(f"no metadata column {column!r} in the run's val.csv (columns: {known}); a run trained "
+                          "before the column existed keeps the columns of its time")
+    return {s.path.name: s.extra[column] for s in samples if s.extra.get(column, "").strip()}
+
+
 def predict_validation(
     run: Path, data: Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
-    tta: bool = False, members_from: Sequence[Path] = (),
+    tta: bool = False, members_from: Sequence[Path] = (), lesion_column: str | None = None,
 ) -> Validation:
     """Probabilities of RUN/best.safetensors on the images of RUN/val.csv, through project.predict.
 
     With `members_from`, DIR/<RUN's name>/best.safetensors of each DIR joins an ensemble (the mean
     of the probabilities, as run.py averages several weights); each must validate on RUN's images.
+    With `lesion_column`, the images of one lesion are scored with the mean of their probabilities.
     """
     run = Path(run)
     args = load_run_args(run)
@@ -138,12 +159,18 @@ def predict_validation(
         _same_validation(run, other, member.task, root, set(names))
     predictions: Predictions = predict_folder([s.path for s in val], members, torch_device, batch_size, workers,
                                               tta=tta, desc="report")
+    lesions = None
+    if lesion_column:
+        lesion_of = lesions_from_metadata(val, lesion_column, root)
+        predictions = average_over_lesions(predictions, lesion_of)
+        lesions = len({lesion_of.get(name, name) for name in predictions.names})
     by_name = {s.path.name: s for s in val}
     order = sorted(range(len(predictions.names)), key=lambda i: numeric_order_key(predictions.names[i]))
     return Validation(
         samples=[by_name[predictions.names[i]] for i in order], probs=predictions.probs[order],
         classes=member.task.labels, members=members, skipped=predictions.errors, split=split_description(args, val),
         data=root, aux=None if predictions.aux is None else predictions.aux[order], aux_head=predictions.aux_head,
+        lesions=lesions,
     )
 
 
@@ -362,9 +389,12 @@ def _report_html(metrics: dict, plots: Sequence[str]) -> str:
     ])
     ensemble = (f", averaged with {html.escape(', '.join(metrics['ensemble']))} (Grad-CAM shows the first model)"
                 if metrics["ensemble"] else "")
+    lesions = (f" Each image is scored with the mean over its lesion's images (column "
+               f"<code>{html.escape(metrics['lesion_column'])}</code>: {metrics['lesions']} lesions)."
+               if metrics["lesion_column"] else "")
     parts = [
         f"<p>Run <code>{html.escape(metrics['run'])}</code>, checkpoint of epoch {metrics['epoch']}, data "
-        f"<code>{html.escape(metrics['data'])}</code>, validation {html.escape(metrics['split'])}{ensemble}. "
+        f"<code>{html.escape(metrics['data'])}</code>, validation {html.escape(metrics['split'])}{ensemble}.{lesions} "
         "Predictions recomputed with project.predict; numbers from project.evaluate.</p>",
         summary, "<h2>Per-class</h2>", per_class,
     ]
@@ -377,11 +407,11 @@ def _report_html(metrics: dict, plots: Sequence[str]) -> str:
 
 def build_report(
     run: Path, out: Path, data: Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
-    tta: bool = False, cam_cases: int = 4, members_from: Sequence[Path] = (),
+    tta: bool = False, cam_cases: int = 4, members_from: Sequence[Path] = (), lesion_column: str | None = None,
 ) -> dict:
     """Write OUT/index.html, its PNGs, metrics.json, predictions.csv, pred/ and gt/; returns the metrics."""
     run, out = Path(run), Path(out)
-    validation = predict_validation(run, data, device, batch_size, workers, tta, members_from)
+    validation = predict_validation(run, data, device, batch_size, workers, tta, members_from, lesion_column)
     if not validation.samples:
         raise ReportError(f"{run}: no readable validation image")
     labels = np.array([s.label for s in validation.samples])
@@ -390,6 +420,7 @@ def build_report(
     metrics = {
         "run": str(run), "data": str(validation.data), "checkpoint": str(first.path),
         "ensemble": [str(m.path) for m in validation.members[1:]],
+        "lesion_column": lesion_column, "lesions": validation.lesions,
         "epoch": first.config.epoch, "split": validation.split, "classes": validation.classes,
         "checkpoint_metrics": first.config.metrics, "skipped": validation.skipped, "cla": cla,
         "malignancy": malignancy(validation), "calibration": calibration(validation.probs, labels),
@@ -506,10 +537,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--members-from", type=Path, nargs="+", default=[], metavar="DIR",
                         help="ensemble: also average DIR/<run name>/best.safetensors of each DIR, e.g. the same "
                              "fold of other recipes")
+    parser.add_argument("--lesion-column", metavar="COLUMN",
+                        help="metadata column naming each image's lesion: the views of one lesion are scored with "
+                             "the mean of their probabilities (run.py --lesions does the same at prediction)")
     parser.add_argument("--cam-cases", type=int, default=4, help="Grad-CAM images of right and of wrong cases")
     args = parser.parse_args(argv)
     options = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers, "tta": args.tta,
-               "cam_cases": args.cam_cases, "members_from": args.members_from}
+               "cam_cases": args.cam_cases, "members_from": args.members_from, "lesion_column": args.lesion_column}
     try:
         if args.cv:
             cross_validation_report(args.cv, args.out, args.data, **options)

@@ -15,8 +15,10 @@ from project.data.submission import ID_STYLES
 from project.models.checkpoint import CheckpointError
 from project.predict import (
     ERRORS_FILE,
+    average_over_lesions,
     load_members,
     predict_folder,
+    read_lesions,
     write_errors,
     write_predictions,
     write_probabilities,
@@ -49,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads on CPU (default: the cores left over by the loader workers)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--lesions", type=Path, metavar="CSV",
+                        help="CSV with image and lesion columns: the images (views) of one lesion get the mean of "
+                             "their probabilities, so one lesion gets one grade")
     parser.add_argument("--id-style", choices=ID_STYLES, default="name", help="img_name column, or id 1..N")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any image could not be read")
     parser.add_argument("--probabilities", action="store_true",
@@ -88,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     weights = {
         name: checkpoints_for(name, getattr(args, f"{FOLDERS[name]}_weights"), args.weights_dir) for name in folders
     }
+    try:
+        lesion_of = read_lesions(args.lesions) if args.lesions else {}
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     errors, total_images, total_seconds = {}, 0, 0.0
     for name, folder in folders.items():
         try:
@@ -98,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{members[0].path}: a {members[0].task.name} checkpoint given for {name}")
         predictions = predict_folder(list_images(folder), members, device, args.batch_size, args.workers,
                                      args.tta, desc=name)
+        if lesion_of:
+            predictions = average_over_lesions(predictions, lesion_of)
         path = write_predictions(args.out_dir, predictions, members, args.id_style)
         if args.probabilities:
             write_probabilities(args.out_dir, predictions, members, args.id_style)

@@ -108,11 +108,12 @@ def test_layout_labels_and_config(mini_source, tmp_path: Path) -> None:
     assert "Gómez-Flores" in (out / "dataset.yaml").read_text(encoding="utf-8")
     with (out / "metadata.csv").open(newline="", encoding="utf-8") as handle:
         metadata = {r["image"]: r for r in csv.DictReader(handle)}
-    header = ["image", "patient", "fold", "pathology", "histology", "device", "side"]
+    header = ["image", "patient", "lesion", "fold", "pathology", "histology", "device", "side"]
     assert list(next(iter(metadata.values()))) == header
     for row in rows:
         entry = metadata[f"{row['ID']}.png"]
-        assert (entry["patient"], entry["fold"], entry["pathology"]) == (row["Case"], row["kFold"], row["Pathology"])
+        assert (entry["patient"], entry["lesion"], entry["fold"], entry["pathology"]) == (
+            row["Case"], row["Case"], row["kFold"], row["Pathology"])
         assert (entry["histology"], entry["device"], entry["side"]) == (row["Histology"], row["Device"], row["Side"])
     assert {p.name: _sha256(p) for p in (src / "Images").iterdir()} == hashes
     samples = {s.path.name: s for s in load_split(out, "train", "cla")[0].samples}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,39 @@ def test_label_blind_baselines_from_the_class_counts() -> None:
     assert result["majority"] == pytest.approx({"accuracy": 0.6, "macro_f1": 2 * 0.6 / 1.6 / 3})
     assert result["chance"]["accuracy"] == pytest.approx(1 / 3)
     assert result["chance"]["macro_f1"] == pytest.approx((0.4 / 1.6 * 2 + 1.2 / 2.8) / 3)
+
+
+def test_lesion_column_scores_the_views_of_a_lesion_with_their_mean(
+    fold_runs: list[Path], report: tuple[Path, dict], tmp_path: Path, capsys,
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(fold_runs[0], run_dir)
+    with (run_dir / "val.csv").open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header, rows = [*(reader.fieldnames or []), "lesion"], list(reader)
+    # Images of one label, two at a time, are called two views of one lesion; every fifth image has no lesion id.
+    seen: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        count = seen[row["label"]] = seen.get(row["label"], -1) + 1
+        row["lesion"] = "" if index % 5 == 4 else f"{row['label']}-{count // 2}"
+    with (run_dir / "val.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, header)
+        writer.writeheader()
+        writer.writerows(rows)
+    lesion_of = {Path(r["file"]).name: r["lesion"] for r in rows if r["lesion"]}
+    assert len(set(lesion_of.values())) < len(lesion_of)  # some lesions do have two views
+
+    metrics = build_report(run_dir, tmp_path / "out", cam_cases=0, lesion_column="lesion")
+    names, _, single = _predictions(report[0])
+    assert _predictions(tmp_path / "out")[0] == names
+    members = {}
+    for name, probs in zip(names, single):
+        members.setdefault(lesion_of.get(name, name), []).append(probs)
+    expected = np.array([np.mean(members[lesion_of.get(name, name)], axis=0) for name in names])
+    np.testing.assert_allclose(_predictions(tmp_path / "out")[2], expected, atol=2e-6)
+    assert (metrics["lesion_column"], metrics["lesions"]) == ("lesion", len(members))
+    assert "lesions)" in (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+
+    assert main(["--run", str(run_dir), "--out", str(tmp_path / "bad"), "--lesion-column", "case"]) == 2
+    message = capsys.readouterr().err
+    assert "'case'" in message and "lesion" in message

@@ -17,6 +17,7 @@ from project.data.submission import write_cla_csv, write_fea_csv
 from project.data.transforms import Preprocess
 from project.models.checkpoint import CheckpointConfig, save_checkpoint
 from project.models.factory import create_model
+from project.predict import Predictions, average_over_lesions
 from project.testb import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,3 +170,48 @@ def test_probabilities_files_follow_the_label_files_row_for_row(tmp_path: Path, 
     features = _rows(out / "fea_prob.csv")
     decided = [[int(float(r[t]) >= limit) for t, limit in (("boundary", 0.2), ("shape", 0.9))] for r in features]
     assert decided == [[int(r["boundary"]), int(r["shape"])] for r in _rows(out / "fea_pre.csv")]
+
+
+def test_average_over_lesions_replaces_each_view_by_its_lesions_mean() -> None:
+    probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.3, 0.7]], dtype=np.float32)
+    aux = np.array([[1.0], [0.0], [0.5], [0.25]], dtype=np.float32)
+    before = Predictions(names=["a.png", "b.png", "c.png", "d.png"], probs=probs, aux=aux, errors={"e.png": "empty"})
+    after = average_over_lesions(before, {"a.png": "L1", "c.png": "L1", "b.png": "L2", "gone.png": "L1"})
+    np.testing.assert_allclose(after.probs, [[0.75, 0.25], [0.1, 0.9], [0.75, 0.25], [0.3, 0.7]])
+    np.testing.assert_allclose(after.aux, [[0.75], [0.0], [0.75], [0.25]])
+    assert (after.names, after.errors) == (before.names, before.errors)
+    assert after.probs.dtype == np.float32
+    np.testing.assert_array_equal(before.probs, probs)  # the input is left as it was
+    empty = average_over_lesions(Predictions(probs=np.zeros((0, 2), dtype=np.float32)), {"a.png": "L1"})
+    assert empty.probs.shape == (0, 2) and empty.aux is None
+
+
+def test_lesions_option_gives_the_views_of_a_lesion_one_grade(tmp_path: Path, weights: Path, capsys) -> None:
+    test_dir = tmp_path / "testB"
+    _good_files(test_dir / "cla")
+    lesions = tmp_path / "lesions.csv"
+    lesions.write_text("image,lesion\n1.jpg,7\n2.png,7\n3.png,\n10.tif,8\n4.png,8\n", encoding="utf-8")
+    argv = ["--data", str(test_dir), "--cls-weights", str(weights / "cls.safetensors"), "--workers", "0",
+            "--probabilities"]
+    main([*argv, "--out-dir", str(tmp_path / "alone")])
+    main([*argv, "--out-dir", str(tmp_path / "lesions"), "--lesions", str(lesions)])
+
+    def table(folder: str) -> dict[str, np.ndarray]:
+        return {r["img_name"]: np.array([float(r[c]) for c in ("2", "3", "4A", "4B", "4C", "5")])
+                for r in _rows(tmp_path / folder / "cla_prob.csv")}
+
+    alone, together = table("alone"), table("lesions")
+    for pair in (("1.jpg", "2.png"), ("4.png", "10.tif")):
+        expected = (alone[pair[0]] + alone[pair[1]]) / 2
+        for name in pair:
+            np.testing.assert_allclose(together[name], expected, atol=2e-6)
+    assert not np.allclose(alone["1.jpg"], alone["2.png"], atol=1e-4)  # the views did differ
+    for name in ("3.png", "5.jpg", "6.bmp", "7.png", "8.jpg"):
+        np.testing.assert_allclose(together[name], alone[name], atol=2e-6)
+    labels = {r["img_name"]: r["label"] for r in _rows(tmp_path / "lesions" / "cla_pre.csv")}
+    assert labels["1.jpg"] == labels["2.png"] and labels["4.png"] == labels["10.tif"]
+
+    (tmp_path / "bad.csv").write_text("image,case\n1.jpg,7\n", encoding="utf-8")
+    assert main([*argv, "--out-dir", str(tmp_path / "bad"), "--lesions", str(tmp_path / "bad.csv")]) == 2
+    message = capsys.readouterr().err
+    assert str(tmp_path / "bad.csv") in message and "lesion" in message

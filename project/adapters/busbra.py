@@ -37,7 +37,9 @@ CSV_FILE = "bus_data.csv"
 IMAGE_DIR = "Images"
 MASK_DIR = "Masks"  # mask_<number>-<side>.png beside bus_<number>-<side>.png
 METADATA_FILE = "metadata.csv"
-METADATA_COLUMNS = ("image", "patient", "fold", "pathology", "histology", "device", "side")
+# BUS-BRA images one lesion per case: a case's -l and -r images are two views of it (their BI-RADS agree in
+# 639 of the 640 two-image cases of folds 1-4), so the lesion column repeats the case for run.py --lesions.
+METADATA_COLUMNS = ("image", "patient", "lesion", "fold", "pathology", "histology", "device", "side")
 REQUIRED_COLUMNS = ("ID", "Case", "Histology", "Pathology", "BIRADS", "Device", "Width", "Height", "Side", "BBOX")
 PATHOLOGIES = frozenset({"benign", "malignant"})
 BOX_TOLERANCE_PX = 1.0  # BBOX is MATLAB-style (1-based), so it may end one pixel past the image
@@ -190,7 +192,9 @@ def convert_busbra(src: Path, out: Path, link: str = "symlink") -> ConversionSum
             place_image(mask, folder / "masks" / source.name, link)
             summary.masks += 1
         atomic_write_text(folder / "labels" / f"{row.image_id}.txt", label_line(CLASSES.index(row.birads) + 1, box))
-        metadata.append((source.name, row.patient, row.fold, row.pathology, row.histology, row.device, row.side))
+        lesion = row.patient
+        metadata.append((source.name, row.patient, lesion, row.fold, row.pathology, row.histology, row.device,
+                         row.side))
     atomic_write_csv(out / METADATA_FILE, METADATA_COLUMNS, metadata)
     atomic_write_text(out / CONFIG_FILE, _dataset_yaml())
     summary.images = len(rows)
