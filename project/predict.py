@@ -186,12 +186,17 @@ def read_lesions(path: Path) -> dict[str, str]:
         return {row["image"].strip(): row["lesion"].strip() for row in reader if (row["lesion"] or "").strip()}
 
 
+def lesion_keys(names: Sequence[str], lesion_of: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The lesion each image shows; an image `lesion_of` does not name is a lesion of its own."""
+    return [("lesion", lesion_of[name]) if name in lesion_of else ("image", name) for name in names]
+
+
 def average_over_lesions(predictions: Predictions, lesion_of: Mapping[str, str]) -> Predictions:
     """Each image's probabilities (and auxiliary ones) replaced by the mean over the readable images of its
-    lesion, as a reader grades a lesion from all its views; an image `lesion_of` does not name stays alone."""
+    lesion, as a reader grades a lesion from all its views."""
     index: dict[tuple[str, str], int] = {}
-    keys = [("lesion", lesion_of[name]) if name in lesion_of else ("image", name) for name in predictions.names]
-    group = np.array([index.setdefault(key, len(index)) for key in keys], dtype=np.int64)
+    group = np.array([index.setdefault(key, len(index)) for key in lesion_keys(predictions.names, lesion_of)],
+                     dtype=np.int64)
 
     def mean_within(values: np.ndarray | None) -> np.ndarray | None:
         if values is None:

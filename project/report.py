@@ -33,6 +33,7 @@ from project.predict import (
     Member,
     Predictions,
     average_over_lesions,
+    lesion_keys,
     load_members,
     predict_folder,
 )
@@ -163,7 +164,7 @@ def predict_validation(
     if lesion_column:
         lesion_of = lesions_from_metadata(val, lesion_column, root)
         predictions = average_over_lesions(predictions, lesion_of)
-        lesions = len({lesion_of.get(name, name) for name in predictions.names})
+        lesions = len(set(lesion_keys(predictions.names, lesion_of)))
     by_name = {s.path.name: s for s in val}
     order = sorted(range(len(predictions.names)), key=lambda i: numeric_order_key(predictions.names[i]))
     return Validation(
