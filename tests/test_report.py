@@ -239,7 +239,7 @@ def test_lesion_column_scores_the_views_of_a_lesion_with_their_mean(
     seen: dict[str, int] = {}
     for index, row in enumerate(rows):
         count = seen[row["label"]] = seen.get(row["label"], -1) + 1
-        row["lesion"] = "" if index % 5 == 4 else f"{row['label']}-{count // 2}"
+        row["lesion"] = row["group"] = "" if index % 5 == 4 else f"{row['label']}-{count // 2}"
     with (run_dir / "val.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, header)
         writer.writeheader()
@@ -257,6 +257,8 @@ def test_lesion_column_scores_the_views_of_a_lesion_with_their_mean(
     np.testing.assert_allclose(_predictions(tmp_path / "out")[2], expected, atol=2e-6)
     assert (metrics["lesion_column"], metrics["lesions"]) == ("lesion", len(members))
     assert "lesions)" in (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    build_report(run_dir, tmp_path / "by_group", cam_cases=0, lesion_column="group")  # val.csv's patient column
+    np.testing.assert_array_equal(_predictions(tmp_path / "by_group")[2], _predictions(tmp_path / "out")[2])
 
     assert main(["--run", str(run_dir), "--out", str(tmp_path / "bad"), "--lesion-column", "case"]) == 2
     message = capsys.readouterr().err
