@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ from tqdm import tqdm
 from project.data.imageio import ImageReadError
 from project.data.submission import write_probability_csv
 from project.data.transforms import Preprocess, Preprocessor, to_tensor
-from project.fileio import atomic_write_csv
+from project.fileio import atomic_write_csv, read_csv_rows
 from project.models.checkpoint import CheckpointConfig, load_checkpoint
 from project.runtime import autocast_dtype, make_loader
 from project.tasks import AuxiliaryColumn, Task, create_task
@@ -178,12 +177,12 @@ def read_lesions(path: Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: lesion file not found")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in ("image", "lesion") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
-        return {row["image"].strip(): row["lesion"].strip() for row in reader if (row["lesion"] or "").strip()}
+    lesion_of: dict[str, str] = {}
+    for line, row in enumerate(read_csv_rows(path, ("image", "lesion"), ValueError), start=2):
+        image, lesion = (row["image"] or "").strip(), (row["lesion"] or "").strip()
+        if lesion and lesion_of.setdefault(image, lesion) != lesion:
+            raise ValueError(f"{path}: line {line}: {image} is given lesions {lesion_of[image]} and {lesion}")
+    return lesion_of
 
 
 def lesion_keys(names: Sequence[str], lesion_of: Mapping[str, str]) -> list[tuple[str, str]]:

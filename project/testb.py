@@ -109,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
                                      args.tta, desc=name)
         if lesion_of:
             predictions = average_over_lesions(predictions, lesion_of)
+            named = sum(n in lesion_of for n in predictions.names)
+            print(f"{name}: {named} of {len(predictions.names)} images named in {args.lesions}, averaged over "
+                  f"{len({lesion_of[n] for n in predictions.names if n in lesion_of})} lesions",
+                  file=sys.stderr if named == 0 else sys.stdout)
         path = write_predictions(args.out_dir, predictions, members, args.id_style)
         if args.probabilities:
             write_probabilities(args.out_dir, predictions, members, args.id_style)

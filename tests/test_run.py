@@ -195,6 +195,7 @@ def test_lesions_option_gives_the_views_of_a_lesion_one_grade(tmp_path: Path, we
             "--probabilities"]
     main([*argv, "--out-dir", str(tmp_path / "alone")])
     main([*argv, "--out-dir", str(tmp_path / "lesions"), "--lesions", str(lesions)])
+    assert f"cla: 4 of 9 images named in {lesions}, averaged over 2 lesions" in capsys.readouterr().out
 
     def table(folder: str) -> dict[str, np.ndarray]:
         return {r["img_name"]: np.array([float(r[c]) for c in ("2", "3", "4A", "4B", "4C", "5")])
@@ -215,3 +216,6 @@ def test_lesions_option_gives_the_views_of_a_lesion_one_grade(tmp_path: Path, we
     assert main([*argv, "--out-dir", str(tmp_path / "bad"), "--lesions", str(tmp_path / "bad.csv")]) == 2
     message = capsys.readouterr().err
     assert str(tmp_path / "bad.csv") in message and "lesion" in message
+    (tmp_path / "twice.csv").write_text("image,lesion\n1.jpg,7\n1.jpg,8\n", encoding="utf-8")
+    assert main([*argv, "--out-dir", str(tmp_path / "bad"), "--lesions", str(tmp_path / "twice.csv")]) == 2
+    assert f"{tmp_path / 'twice.csv'}: line 3: 1.jpg" in capsys.readouterr().err
