@@ -88,6 +88,8 @@ def build_parser(name: str) -> argparse.ArgumentParser:
             help="CLAHE on every image (training and prediction)")
     add("--remove-marks", action=argparse.BooleanOptionalAction, default=False,
         help="inpaint burnt-in callipers, text and coloured overlays (training and prediction)")
+    add("--keep-aspect", action=argparse.BooleanOptionalAction, default=False,
+        help="letterbox to img_size (longer side scaled, black padding) instead of stretching to a square")
     add("--mean", type=comma_floats, default=None,
         help="per-channel normalisation mean (default: the model's pretrained one)")
     add("--std", type=comma_floats, default=None,
@@ -120,7 +122,7 @@ def _preprocess(args: argparse.Namespace, model: torch.nn.Module) -> Preprocess:
     mean = tuple(args.mean or data_config["mean"])
     std = tuple(args.std or data_config["std"])
     return Preprocess(img_size=args.img_size, mean=mean, std=std, cut_black=cut, clahe=args.clahe,
-                      remove_marks=args.remove_marks)
+                      remove_marks=args.remove_marks, keep_aspect=args.keep_aspect)
 
 
 def _build_model(args: argparse.Namespace, name: str, kwargs: dict) -> torch.nn.Module:

@@ -41,6 +41,7 @@ class Preprocess:
     cut_black: CutBlackConfig | None = field(default_factory=CutBlackConfig)
     clahe: bool = False
     remove_marks: bool = False  # inpaint burnt-in marks (project.data.marks) before CutBlack
+    keep_aspect: bool = False  # letterbox: scale the longer side to img_size, pad the shorter with black
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +56,7 @@ class Preprocess:
             cut_black=CutBlackConfig(**cut_black) if cut_black else None,
             clahe=bool(raw.get("clahe", False)),
             remove_marks=bool(raw.get("remove_marks", False)),
+            keep_aspect=bool(raw.get("keep_aspect", False)),
         )
 
 
@@ -167,11 +169,21 @@ def build_augment(config: AugmentConfig) -> A.Compose | None:
     return A.Compose(steps)
 
 
-def build_resize(img_size: int, clahe: bool) -> A.Compose:
-    """The deterministic part every image goes through at training and at prediction."""
+def build_resize(img_size: int, clahe: bool, keep_aspect: bool = False) -> A.Compose:
+    """The deterministic part every image goes through at training and at prediction.
+
+    keep_aspect letterboxes (longer side to img_size, the image centred on black) instead of
+    stretching to a square, so a lesion keeps its width-to-height ratio: its orientation is a
+    BI-RADS descriptor.
+    """
     steps = [A.CLAHE(p=1.0)] if clahe else []
+    if keep_aspect:
+        steps += [A.LongestMaxSize(max_size=img_size),
+                  A.PadIfNeeded(img_size, img_size, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0)]
+    else:
+        steps.append(A.Resize(img_size, img_size))
     bbox_params = A.BboxParams(format="albumentations", label_fields=["box_ids"], clip=True)
-    return A.Compose([*steps, A.Resize(img_size, img_size)], bbox_params=bbox_params)
+    return A.Compose(steps, bbox_params=bbox_params)
 
 
 class Preprocessor:
@@ -183,12 +195,13 @@ class Preprocessor:
 
     def __init__(self, preprocess: Preprocess) -> None:
         self.preprocess = preprocess
-        self.resize = build_resize(preprocess.img_size, preprocess.clahe)
+        self.resize = build_resize(preprocess.img_size, preprocess.clahe, preprocess.keep_aspect)
 
     def __call__(self, path: str | Path, box: Box | None = None) -> tuple[np.ndarray, XYXY | None]:
         """img_size x img_size x 3 uint8 and the lesion box as normalised xyxy; raises ImageReadError."""
         image = self._decode(path)
-        return self._crop_and_resize(image, box, self._bounds(image))
+        resized, xyxy, _ = self._crop_and_resize(image, box, self._bounds(image))
+        return resized, xyxy
 
     def with_lesion_map(
         self, path: str | Path, box: Box | None, mask_path: Path | None
@@ -197,12 +210,11 @@ class Preprocessor:
         image's crop: the mask file where there is one, else the filled lesion box, else None (unknown)."""
         image = self._decode(path)
         bounds = self._bounds(image)
-        resized, xyxy = self._crop_and_resize(image, box, bounds)
-        size = self.preprocess.img_size
         if mask_path is not None:
             lesion = crop(read_mask(mask_path, image.shape[:2]), bounds)
-            return resized, xyxy, cv2.resize(lesion, (size, size), interpolation=cv2.INTER_NEAREST)
-        return resized, xyxy, box_map(xyxy, size) if xyxy else None
+            return self._crop_and_resize(image, box, bounds, lesion)
+        resized, xyxy, _ = self._crop_and_resize(image, box, bounds)
+        return resized, xyxy, box_map(xyxy, self.preprocess.img_size) if xyxy else None
 
     def _decode(self, path: str | Path) -> np.ndarray:
         image = read_image(path)
@@ -214,10 +226,11 @@ class Preprocessor:
         return black_border_crop(image, self.preprocess.cut_black)
 
     def _crop_and_resize(
-        self, image: np.ndarray, box: Box | None, bounds: tuple[int, int, int, int]
-    ) -> tuple[np.ndarray, XYXY | None]:
+        self, image: np.ndarray, box: Box | None, bounds: tuple[int, int, int, int], mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, XYXY | None, np.ndarray | None]:
+        """The cropped image resized, its box, and `mask` (already cropped) put through the same resize."""
         box = crop_box(box, bounds, image.shape[:2])
-        return apply_with_box(self.resize, crop(image, bounds), yolo_to_xyxy(box) if box else None)
+        return apply_with_box(self.resize, crop(image, bounds), yolo_to_xyxy(box) if box else None, mask)
 
 
 def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -236,11 +249,15 @@ def box_map(box: XYXY, size: int) -> np.ndarray:
     return lesion
 
 
-def apply_with_box(transform: A.Compose, image: np.ndarray, box: XYXY | None) -> tuple[np.ndarray, XYXY | None]:
+def apply_with_box(
+    transform: A.Compose, image: np.ndarray, box: XYXY | None, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, XYXY | None, np.ndarray | None]:
     boxes = [box] if box is not None and box_area(box) > 0 else []
-    out = transform(image=image, bboxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4), box_ids=[0] * len(boxes))
+    extra = {} if mask is None else {"mask": mask}
+    out = transform(image=image, bboxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4), box_ids=[0] * len(boxes),
+                    **extra)
     kept = out["bboxes"]
-    return out["image"], (tuple(float(v) for v in kept[0]) if len(kept) else None)
+    return out["image"], (tuple(float(v) for v in kept[0]) if len(kept) else None), out.get("mask")
 
 
 def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
