@@ -59,6 +59,21 @@ def test_the_lesion_map_follows_the_border_crop(tmp_path: Path) -> None:
     assert image[lesion == 1].mean() > 220 and image[lesion == 0].mean() < 120  # the lesion's own pixels
 
 
+def test_letterboxing_keeps_the_lesion_shape_and_the_map_follows(tmp_path: Path) -> None:
+    _framed_image(tmp_path / "image.png")
+    _mask(tmp_path / "mask.png")
+    image, box, lesion = Preprocessor(Preprocess(img_size=90, keep_aspect=True)).with_lesion_map(
+        tmp_path / "image.png", (55 / 120, 40 / 100, 30 / 120, 20 / 100), tmp_path / "mask.png")
+    # the 70x90 crop keeps its scale and gets 10 black rows above and below
+    expected = ((40 - 15) / 90, (30 - 10 + 10) / 90, (70 - 15) / 90, (50 - 10 + 10) / 90)
+    assert image.shape == (90, 90, 3) and lesion.shape == (90, 90)
+    assert _extent(lesion) == pytest.approx(expected, abs=1.5 / 90)
+    assert box == pytest.approx(expected, abs=1e-6)
+    assert image[:10].max() == 0 and image[80:].max() == 0 and image[10:80].min() >= 60
+    stretched, _ = Preprocessor(Preprocess(img_size=90))(tmp_path / "image.png")
+    assert stretched.min() >= 60  # the default fills the square: no padding
+
+
 def test_a_filled_box_stands_in_for_a_missing_mask(tmp_path: Path) -> None:
     _framed_image(tmp_path / "image.png")
     preprocessor = Preprocessor(Preprocess(img_size=90))

@@ -91,10 +91,12 @@ def test_pairing_in_order_renames_and_keeps_the_step_counters() -> None:
 def test_the_checkpoint_stores_the_normalisation_of_the_pretrained_weights(phantom_small: Path, tmp_path: Path) -> None:
     out = tmp_path / "lite0"
     run(["--data", str(phantom_small), "--out", str(out), "--model", "tf_efficientnet_lite0", "--pretrained",
-         "--img-size", "32", "--epochs", "1", "--batch-size", "16", "--no-augment", "--cutmix", "0"], "cla")
+         "--img-size", "32", "--epochs", "1", "--batch-size", "16", "--no-augment", "--cutmix", "0",
+         "--keep-aspect"], "cla")
 
     preprocess = read_config(out / "best.safetensors").preprocess
     assert preprocess["mean"] == [0.5, 0.5, 0.5] and preprocess["std"] == [0.5, 0.5, 0.5]
+    assert preprocess["keep_aspect"] is True  # prediction letterboxes as training did
 
 
 def test_the_first_convolution_is_fitted_to_other_input_channel_counts() -> None:

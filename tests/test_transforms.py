@@ -98,6 +98,11 @@ def test_preprocess_round_trips_through_a_dict() -> None:
     preprocess = Preprocess(img_size=96, cut_black=CutBlackConfig(12, 0.7), clahe=True)
     assert Preprocess.from_dict(preprocess.to_dict()) == preprocess
     assert Preprocess.from_dict(Preprocess(cut_black=None).to_dict()).cut_black is None
+    letterbox = Preprocess(keep_aspect=True)
+    assert Preprocess.from_dict(letterbox.to_dict()) == letterbox
+    older = Preprocess().to_dict()
+    del older["keep_aspect"]
+    assert Preprocess.from_dict(older).keep_aspect is False
 
 
 def test_yolo_to_xyxy_clips_to_the_image() -> None:
