@@ -144,7 +144,7 @@ class BareLoop:
         self.dtype = autocast_dtype(trainer_args.amp, self.device)
         memory_format = torch.channels_last if trainer_args.channels_last else torch.contiguous_format
         self.model = setup.model.to(self.device, memory_format=memory_format).train()
-        self.criterion = setup.criterion
+        self.criterion = setup.criterion.to(self.device)  # class and task weights live with the logits
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=trainer_args.lr,
                                            weight_decay=trainer_args.weight_decay)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
