@@ -9,7 +9,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +17,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from project.fileio import atomic_write_csv  # noqa: E402
-from project.mammo.dicom import DicomReader, dali_status  # noqa: E402
+from project.mammo.dicom import dali_status  # noqa: E402
 from project.mammo.phantom import generate  # noqa: E402
 from project.mammo.predict import (  # noqa: E402
     TASK,
-    BatchLoader,
     Member,
     cpu_threads,
     load_members,
+    loaded_batches,
     predict,
     read_rows,
     write_submission,
@@ -73,7 +72,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--dicom-size", type=parse_size, default=(1024, 832), help="phantom DICOM HxW")
     add("--n-images", type=int, default=48, help="DICOMs predicted per model (a multiple of 4)")
     add("--batch-size", type=int, default=8)
-    add("--workers", type=int, default=2, help="decode and preprocessing threads, as predict --workers")
+    add("--workers", type=int, default=2, help="decode and preprocessing processes, as predict --workers")
     add("--backend", choices=("auto", "dali", "pydicom"), default="auto")
     add("--device", default="auto")
     add("--threads", type=int, default=0, help="torch CPU threads (default: as predict, cores minus workers)")
@@ -114,16 +113,13 @@ def bare_rate(member: Member, images: torch.Tensor, n_images: int, device: torch
 
 
 def pipeline_rate(rows: list, member: Member, args: argparse.Namespace, device: torch.device) -> tuple[float, object]:
-    """Images/s of decoding and preprocessing alone (no model); and the first batch it made."""
+    """Images/s of decoding and preprocessing alone (no model), as predict runs them; and the first batch."""
     chunks = [list(range(s, min(s + args.batch_size, len(rows)))) for s in range(0, len(rows), args.batch_size)]
-    with DicomReader(args.backend, batch_size=args.batch_size, num_threads=args.workers,
-                     keep_on_gpu=device.type == "cuda") as reader, ThreadPoolExecutor(args.workers) as pool:
-        load = BatchLoader(rows, [member.pre], reader, pool)
-        first = load(chunks[0])  # untimed: builds the decoders
-        started = time.perf_counter()
-        for chunk in chunks:
-            load(chunk)
-        return len(rows) / (time.perf_counter() - started), first
+    first = None
+    started = time.perf_counter()
+    for batch in loaded_batches(rows, [member.pre], chunks, device, args.backend, args.batch_size, args.workers):
+        first = batch if first is None else first
+    return len(rows) / (time.perf_counter() - started), first
 
 
 def measure(name: str, rows: list, args: argparse.Namespace, device: torch.device, folder: Path) -> Row:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from project.mammo.predict import (
     load_members,
     main,
     positive_probability,
+    predict,
     read_rows,
 )
 from project.mammo.preprocess import MammoPreprocess, read_prepared, to_tensor
@@ -155,6 +157,20 @@ def test_corrupt_and_missing_files_are_listed_and_every_breast_gets_a_row(
     code, _, _ = _run(phantom, tmp_path, [weights], "--strict", csv_path=data / "train.csv",
                       dicom_dir=data / "train_images")
     assert code == 1
+
+
+def test_worker_processes_predict_what_this_process_predicts(phantom: Path, tmp_path: Path) -> None:
+    rows = read_rows(phantom / "train.csv", phantom / "train_images")
+    corrupt = tmp_path / "corrupt.dcm"
+    corrupt.write_bytes(b"not a DICOM file")
+    rows[4] = dataclasses.replace(rows[4], path=corrupt)
+    members = load_members([_checkpoint(tmp_path / "a.safetensors")], None, torch.device("cpu"))
+    alone = predict(rows, members, torch.device("cpu"), backend="pydicom", batch_size=5, workers=0)
+    pooled = predict(rows, members, torch.device("cpu"), backend="pydicom", batch_size=5, workers=2)
+    assert pooled.errors == alone.errors and len(alone.errors) == 1 and alone.errors[0][2] == str(corrupt)
+    assert np.isnan(pooled.image_probs[4]) and np.count_nonzero(np.isnan(pooled.image_probs)) == 1
+    np.testing.assert_allclose(pooled.image_probs, alone.image_probs, rtol=0, atol=1e-6)
+    assert pooled.breast_ids == alone.breast_ids and pooled.backends == alone.backends == {"pydicom": len(rows) - 1}
 
 
 def test_predict_sees_exactly_what_prepare_writes(phantom: Path, tmp_path: Path) -> None:

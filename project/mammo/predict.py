@@ -6,9 +6,9 @@ B.safetensors [--weights-ratio 0.5 0.5] [--out submission.csv] [--binarize] [--a
 
 Each CSV row (``patient_id``, ``image_id``, ``laterality``; ``prediction_id`` when present, else
 ``<patient_id>_<laterality>``) names ``<dicom-dir>/<patient_id>/<image_id>.dcm``. The files are
-decoded in batches by :mod:`project.mammo.dicom` (DALI where it is exact, pydicom otherwise; the
-next batch is decoded while the models run), each image goes through its checkpoint's
-preprocessing (:mod:`project.mammo.preprocess`: the window and breast crop of
+decoded in batches by :mod:`project.mammo.dicom` (DALI where it is exact, pydicom otherwise; in
+``--workers`` processes, or threads beside DALI's GPU decoder, while the models run), each image
+goes through its checkpoint's preprocessing (:mod:`project.mammo.preprocess`: the window and breast crop of
 ``project.mammo.prepare``, then normalisation), and the models' cancer probabilities are averaged
 with the ``--weights-ratio`` weights (normalised to sum to 1; equal by default). A breast's value
 is the mean (or max) of its images' probabilities (the checkpoints' ``aggregate`` unless
@@ -38,10 +38,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from project.fileio import atomic_write_csv, read_csv_rows
-from project.mammo.dicom import BACKENDS, DicomReader, DicomReadError
+from project.mammo.dicom import BACKENDS, DicomReader, DicomReadError, dali_status
 from project.mammo.metrics import AGGREGATIONS, aggregate, prediction_id
 from project.mammo.preprocess import MammoPreprocess, dicom_image, to_tensor
 from project.models.checkpoint import CheckpointConfig, CheckpointError, load_checkpoint, read_config
@@ -195,7 +196,7 @@ class BatchLoader:
     """Decode a batch of DICOMs and preprocess each image for every distinct preprocessing."""
 
     def __init__(self, rows: Sequence[ImageRow], pres: Sequence[MammoPreprocess], reader: DicomReader,
-                 pool: ThreadPoolExecutor) -> None:
+                 pool: ThreadPoolExecutor | None = None) -> None:
         self.rows, self.pres, self.reader, self.pool = rows, list(pres), reader, pool
 
     def _one(self, index: int, result: Any) -> list[torch.Tensor] | str:
@@ -208,7 +209,7 @@ class BatchLoader:
 
     def __call__(self, indices: list[int]) -> LoadedBatch:
         results = self.reader.read([self.rows[i].path for i in indices])
-        outcomes = list(self.pool.map(self._one, indices, results))
+        outcomes = list((self.pool.map if self.pool is not None else map)(self._one, indices, results))
         good = [(i, out) for i, out in zip(indices, outcomes, strict=True) if not isinstance(out, str)]
         tensors = {pre: torch.stack([out[k] for _, out in good]) for k, pre in enumerate(self.pres)} if good else {}
         return LoadedBatch(
@@ -229,6 +230,53 @@ def _prefetched(load: BatchLoader, chunks: Sequence[list[int]]) -> Iterator[Load
             yield batch
 
 
+class _Chunks(Dataset):
+    """Item k: chunk k of the rows loaded by a `BatchLoader` of this process's own, decoding on the CPU."""
+
+    def __init__(self, rows: Sequence[ImageRow], pres: Sequence[MammoPreprocess], chunks: Sequence[list[int]],
+                 backend: str, batch_size: int) -> None:
+        self.rows, self.pres, self.chunks, self.backend, self.batch_size = rows, pres, chunks, backend, batch_size
+        self._load: BatchLoader | None = None
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> LoadedBatch:
+        if self._load is None:  # built in the worker process, so that no reader crosses a fork
+            reader = DicomReader(self.backend, device="cpu", batch_size=self.batch_size, num_threads=1)
+            self._load = BatchLoader(self.rows, self.pres, reader)
+        return self._load(self.chunks[k])
+
+
+def _as_loaded(batch: LoadedBatch) -> LoadedBatch:
+    return batch
+
+
+def decodes_on_gpu(device: torch.device, backend: str) -> bool:
+    """Whether DICOMs are decoded by DALI on the GPU, which only this process can drive."""
+    return device.type == "cuda" and backend != "pydicom" and dali_status()[0]
+
+
+def loaded_batches(rows: Sequence[ImageRow], pres: Sequence[MammoPreprocess], chunks: Sequence[list[int]],
+                   device: torch.device, backend: str = "auto", batch_size: int = 8,
+                   workers: int = 2) -> Iterator[LoadedBatch]:
+    """The chunks decoded and preprocessed, in order, while the caller works on the earlier ones.
+
+    With DALI's GPU decoder the reader lives in this process and `workers` threads help it. Otherwise
+    `workers` DataLoader processes each decode whole chunks (0: this process): pydicom's decoders hold
+    Python's global interpreter lock, so threads would decode one image at a time.
+    """
+    if decodes_on_gpu(device, backend):
+        with DicomReader(backend, batch_size=batch_size, num_threads=workers, keep_on_gpu=True) as reader, \
+                ThreadPoolExecutor(max(1, workers), thread_name_prefix="mammo-pre") as pool:
+            yield from _prefetched(BatchLoader(rows, pres, reader, pool), chunks)
+        return
+    if backend == "dali" and not dali_status()[0]:
+        raise DicomReadError(f"backend 'dali' requested but DALI does not import: {dali_status()[1]}")
+    yield from DataLoader(_Chunks(rows, pres, chunks, backend, batch_size), batch_size=None,
+                          num_workers=max(0, workers), collate_fn=_as_loaded)
+
+
 @torch.inference_mode()
 def image_probabilities(
     rows: Sequence[ImageRow],
@@ -245,10 +293,8 @@ def image_probabilities(
     backends: Counter[str] = Counter()
     pres = list(dict.fromkeys(m.pre for m in members))
     chunks = [list(range(s, min(s + batch_size, len(rows)))) for s in range(0, len(rows), batch_size)]
-    reader = DicomReader(backend, batch_size=batch_size, num_threads=workers, keep_on_gpu=device.type == "cuda")
-    with reader, ThreadPoolExecutor(max(1, workers), thread_name_prefix="mammo-pre") as pool, \
-            tqdm(total=len(rows), desc="mammo predict", unit="img", disable=None) as bar:
-        for batch in _prefetched(BatchLoader(rows, pres, reader, pool), chunks):
+    with tqdm(total=len(rows), desc="mammo predict", unit="img", disable=None) as bar:
+        for batch in loaded_batches(rows, pres, chunks, device, backend, batch_size, workers):
             errors.update(batch.errors)
             backends.update(batch.backends)
             for index, reason in batch.errors.items():
@@ -326,16 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--aggregate", choices=AGGREGATIONS, help="per-breast mean or max (default: checkpoints')")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="DICOM decoder")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="decode and preprocessing threads")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="decode and preprocessing processes (threads beside DALI on a GPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default: the cores left over by the decode threads)")
+                        help="torch CPU threads (default: the cores left over by the decode workers)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any file failed")
     return parser
 
 
 def cpu_threads(threads: int, workers: int) -> int:
-    """torch's CPU threads: `threads`, else the cores the decode threads leave (at least 1), as run.py.
+    """torch's CPU threads: `threads`, else the cores the decode workers leave (at least 1), as run.py.
 
     On a busy CPU, intra-op threads that compete with decoding slow the model down many times over.
     """
