@@ -84,6 +84,22 @@ def cuda_available() -> bool:
         return False
 
 
+def require_dali(backend: str) -> None:
+    """Raise DicomReadError when `backend` is ``dali`` and DALI does not import."""
+    ok, reason = dali_status()
+    if backend == "dali" and not ok:
+        raise DicomReadError(f"backend 'dali' requested but DALI does not import: {reason}")
+
+
+def decodes_on_gpu(backend: str, cuda: bool) -> bool:
+    """Whether `backend` decodes with DALI on the GPU (`mixed`), which only the process owning the GPU can drive.
+
+    Otherwise decoding is on the CPU, where pydicom's decoders hold Python's global interpreter lock:
+    callers then decode in worker processes rather than threads.
+    """
+    return cuda and backend != "pydicom" and dali_status()[0]
+
+
 class _DaliDecoder:
     """Batched DALI image decoding of encoded frames; one pipeline per output dtype.
 
@@ -358,11 +374,10 @@ class DicomReader:
         self._dali_lock = threading.Lock()  # DALI pipelines are not for concurrent use
         if backend != "pydicom":
             ok, reason = dali_status()
+            require_dali(backend)
             if ok:
                 dev = device or ("mixed" if cuda_available() else "cpu")
                 self._dali = _DaliDecoder(dev, self.num_threads, self.batch_size)
-            elif backend == "dali":
-                raise DicomReadError(f"backend 'dali' requested but DALI does not import: {reason}")
             self.dali_reason = reason if not ok else ""
 
     @property

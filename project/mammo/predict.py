@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from project.fileio import atomic_write_csv, read_csv_rows
-from project.mammo.dicom import BACKENDS, DicomReader, DicomReadError, dali_status
+from project.mammo.dicom import BACKENDS, DicomReader, DicomReadError, decodes_on_gpu, require_dali
 from project.mammo.metrics import AGGREGATIONS, aggregate, prediction_id
 from project.mammo.preprocess import MammoPreprocess, dicom_image, to_tensor
 from project.models.checkpoint import CheckpointConfig, CheckpointError, load_checkpoint, read_config
@@ -252,11 +252,6 @@ def _as_loaded(batch: LoadedBatch) -> LoadedBatch:
     return batch
 
 
-def decodes_on_gpu(device: torch.device, backend: str) -> bool:
-    """Whether DICOMs are decoded by DALI on the GPU, which only this process can drive."""
-    return device.type == "cuda" and backend != "pydicom" and dali_status()[0]
-
-
 def loaded_batches(rows: Sequence[ImageRow], pres: Sequence[MammoPreprocess], chunks: Sequence[list[int]],
                    device: torch.device, backend: str = "auto", batch_size: int = 8,
                    workers: int = 2) -> Iterator[LoadedBatch]:
@@ -266,13 +261,12 @@ def loaded_batches(rows: Sequence[ImageRow], pres: Sequence[MammoPreprocess], ch
     `workers` DataLoader processes each decode whole chunks (0: this process): pydicom's decoders hold
     Python's global interpreter lock, so threads would decode one image at a time.
     """
-    if decodes_on_gpu(device, backend):
+    if decodes_on_gpu(backend, device.type == "cuda"):
         with DicomReader(backend, batch_size=batch_size, num_threads=workers, keep_on_gpu=True) as reader, \
                 ThreadPoolExecutor(max(1, workers), thread_name_prefix="mammo-pre") as pool:
             yield from _prefetched(BatchLoader(rows, pres, reader, pool), chunks)
         return
-    if backend == "dali" and not dali_status()[0]:
-        raise DicomReadError(f"backend 'dali' requested but DALI does not import: {dali_status()[1]}")
+    require_dali(backend)
     yield from DataLoader(_Chunks(rows, pres, chunks, backend, batch_size), batch_size=None,
                           num_workers=max(0, workers), collate_fn=_as_loaded)
 

@@ -19,7 +19,8 @@ rewritten in CSV order at the end, so an interrupted run resumes where it stoppe
 whose PNG and manifest row exist are skipped. ``DIR/prepare.json`` records the settings;
 resuming with different ones is refused (use a new DIR or ``--overwrite``). Files that
 cannot be read or processed are listed on stderr and in ``DIR/errors.csv`` and skipped;
-they make the exit status 1 only with ``--strict``.
+they make the exit status 1 only with ``--strict``. On the CPU, ``--workers`` processes each decode
+and write whole batches; with DALI's GPU decoder, this process decodes and ``--workers`` threads write.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ import sys
 import threading
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,15 @@ import numpy as np
 from tqdm import tqdm
 
 from project.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_text
-from project.mammo.dicom import DicomReader, DicomReadError, DicomResult
+from project.mammo.dicom import (
+    DicomReader,
+    DicomReadError,
+    DicomResult,
+    cuda_available,
+    dali_status,
+    decodes_on_gpu,
+    require_dali,
+)
 
 MANIFEST_COLUMNS = (
     "image",
@@ -224,17 +234,18 @@ class Manifest:
         self.handle = open(self.path, "a", newline="", encoding="utf-8")
         self.writer = csv.writer(self.handle, lineterminator="\n")
 
-    def add(self, entry: dict[str, str]) -> None:
+    def record(self, job: Job, outcome: tuple[dict[str, str] | None, str]) -> None:
+        """One finished image: its manifest row, or (None, why) for the error list."""
+        entry, why = outcome
+        image, patient = _ids(job.row)
         with self.lock:
+            if entry is None:
+                self.errors.append([image, patient, str(job.dicom), why])
+                tqdm.write(f"error: {job.dicom}: {why}", file=sys.stderr)
+                return
             self.writer.writerow([entry[c] for c in MANIFEST_COLUMNS])
             self.handle.flush()
             self.written[entry["image"]] = entry
-
-    def error(self, job: Job, message: str) -> None:
-        image, patient = _ids(job.row)
-        with self.lock:
-            self.errors.append([image, patient, str(job.dicom), message])
-            tqdm.write(f"error: {job.dicom}: {message}", file=sys.stderr)
 
     def close(self, order: Sequence[str]) -> None:
         """The final manifest, rows in the order of the image ids `order`, and this run's errors."""
@@ -245,41 +256,64 @@ class Manifest:
         atomic_write_csv(self.errors_path, ERROR_COLUMNS, self.errors)
 
 
-def write_image(job: Job, result: DicomResult, settings: Settings, manifest: Manifest) -> None:
-    """Window, crop and write one decoded image and its manifest row; a failure goes to the error list."""
+def write_image(job: Job, result: DicomResult, settings: Settings) -> tuple[dict[str, str] | None, str]:
+    """Window, crop and write one decoded image: its manifest row, or (None, why it failed)."""
+    if not result.ok:
+        return None, result.error or "unreadable"
     try:
         image, info = process_one(result, settings, str(job.row.get("laterality", "") or ""))
         atomic_write_bytes(job.png, encode_png(image))
     except Exception as exc:
-        manifest.error(job, f"{type(exc).__name__}: {exc}")
-        return
-    manifest.add(manifest_entry(job, str(result.backend), info))
+        return None, f"{type(exc).__name__}: {exc}"
+    return manifest_entry(job, str(result.backend), info), ""
 
 
-def decode_all(
-    jobs: Sequence[Job], reader: DicomReader, settings: Settings, manifest: Manifest, workers: int, progress: bool
-) -> None:
-    """Decode the jobs batch by batch; windowing, cropping and PNG writing run in `workers` threads meanwhile."""
-    bar = tqdm(total=len(jobs), desc="prepare", unit="img", disable=not progress)
+_worker_reader: DicomReader | None = None  # one per worker process, made by _start_worker
+
+
+def _start_worker(backend: str, batch_size: int) -> None:
+    global _worker_reader
+    _worker_reader = DicomReader(backend, device="cpu", batch_size=batch_size, num_threads=1)
+
+
+def _prepare_batch(jobs: Sequence[Job], settings: Settings) -> list[tuple[dict[str, str] | None, str]]:
+    """In a worker process: decode a batch with the process's reader and write its images."""
+    if _worker_reader is None:
+        raise RuntimeError("_prepare_batch runs only in a process started by _start_worker")
+    results = _worker_reader.read([job.dicom for job in jobs])
+    return [write_image(job, result, settings) for job, result in zip(jobs, results, strict=True)]
+
+
+def decode_on_gpu(jobs: Sequence[Job], reader: DicomReader, settings: Settings, manifest: Manifest, workers: int,
+                  bar: tqdm) -> None:
+    """DALI decodes batch by batch on the GPU here; windowing, cropping and PNG writing run in `workers` threads."""
+
+    def finish(job: Job, result: DicomResult) -> None:
+        manifest.record(job, write_image(job, result, settings))
+
     pending: deque[Future[None]] = deque()
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for start in range(0, len(jobs), reader.batch_size):
-                batch = jobs[start : start + reader.batch_size]
-                for job, result in zip(batch, reader.read([job.dicom for job in batch]), strict=True):
-                    if not result.ok:
-                        manifest.error(job, result.error or "unreadable")
-                        bar.update(1)
-                        continue
-                    future = pool.submit(write_image, job, result, settings, manifest)
-                    future.add_done_callback(lambda _f: bar.update(1))
-                    pending.append(future)
-                while len(pending) > 2 * reader.batch_size:  # bound the memory in flight
-                    pending.popleft().result()
-            for future in pending:
-                future.result()
-    finally:
-        bar.close()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for start in range(0, len(jobs), reader.batch_size):
+            batch = jobs[start : start + reader.batch_size]
+            for job, result in zip(batch, reader.read([job.dicom for job in batch]), strict=True):
+                future = pool.submit(finish, job, result)
+                future.add_done_callback(lambda _f: bar.update(1))
+                pending.append(future)
+            while len(pending) > 2 * reader.batch_size:  # bound the memory in flight
+                pending.popleft().result()
+        for future in pending:
+            future.result()
+
+
+def decode_in_processes(jobs: Sequence[Job], backend: str, batch_size: int, settings: Settings, manifest: Manifest,
+                        workers: int, bar: tqdm) -> None:
+    """`workers` processes each decode and write whole batches (pydicom's decoders hold the interpreter lock)."""
+    batches = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
+    with ProcessPoolExecutor(max(1, workers), initializer=_start_worker, initargs=(backend, batch_size)) as pool:
+        for batch, outcomes in zip(batches, pool.map(_prepare_batch, batches, repeat(settings)), strict=True):
+            for job, outcome in zip(batch, outcomes, strict=True):
+                manifest.record(job, outcome)
+            bar.update(len(batch))
 
 
 def run(
@@ -309,11 +343,19 @@ def run(
     rows = read_rows(Path(csv_path))[:limit]
     done = {} if overwrite else load_manifest(out / MANIFEST_FILE, out)
     jobs = plan(rows, Path(dicom_dir), out, done)
-    reader = DicomReader(backend, batch_size=batch_size, num_threads=workers, keep_on_gpu=True)
+    require_dali(backend)
+    on_gpu = decodes_on_gpu(backend, cuda_available())
     manifest = Manifest(out, done)
+    bar = tqdm(total=len(jobs), desc="prepare", unit="img", disable=not (sys.stderr.isatty() if progress is None
+                                                                           else progress))
     try:
-        decode_all(jobs, reader, settings, manifest, workers, sys.stderr.isatty() if progress is None else progress)
+        if on_gpu:
+            with DicomReader(backend, batch_size=batch_size, num_threads=workers, keep_on_gpu=True) as reader:
+                decode_on_gpu(jobs, reader, settings, manifest, workers, bar)
+        else:
+            decode_in_processes(jobs, backend, batch_size, settings, manifest, workers, bar)
     finally:
+        bar.close()
         manifest.close([_ids(row)[0] for row in rows])
     backends = Counter(entry["backend"] for entry in manifest.written.values())
     return {
@@ -321,7 +363,7 @@ def run(
         "skipped": len(rows) - len(jobs),
         "errors": manifest.errors,
         "backends": dict(backends),
-        "dali_device": reader.dali_device,
+        "dali_device": "mixed" if on_gpu else "cpu" if backend != "pydicom" and dali_status()[0] else None,
     }
 
 
@@ -336,7 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=parse_size, default=(1024, 512), help="HxW")
     parser.add_argument("--backend", default="auto", choices=("auto", "dali", "pydicom"))
     parser.add_argument("--bits", type=int, default=8, choices=(8, 16))
-    parser.add_argument("--workers", type=int, default=2, help="decode and processing threads")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="decode and processing processes (threads beside DALI on a GPU)")
     parser.add_argument("--batch-size", type=int, default=8, help="files per decode batch")
     parser.add_argument("--flip", default="auto", choices=("auto", "laterality", "none"))
     parser.add_argument("--no-clean", action="store_true", help="keep labels inside the crop")
