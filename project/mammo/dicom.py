@@ -380,6 +380,11 @@ class DicomReader:
                 self._dali = _DaliDecoder(dev, self.num_threads, self.batch_size)
             self.dali_reason = reason if not ok else ""
 
+    @classmethod
+    def for_worker(cls, backend: str, batch_size: int) -> DicomReader:
+        """A reader for one worker process of a pool: decoding on the CPU, one thread (the pool is the parallelism)."""
+        return cls(backend, device="cpu", batch_size=batch_size, num_threads=1)
+
     @property
     def dali_device(self) -> str | None:
         return self._dali.device if self._dali is not None else None

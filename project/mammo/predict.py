@@ -243,8 +243,7 @@ class _Chunks(Dataset):
 
     def __getitem__(self, k: int) -> LoadedBatch:
         if self._load is None:  # built in the worker process, so that no reader crosses a fork
-            reader = DicomReader(self.backend, device="cpu", batch_size=self.batch_size, num_threads=1)
-            self._load = BatchLoader(self.rows, self.pres, reader)
+            self._load = BatchLoader(self.rows, self.pres, DicomReader.for_worker(self.backend, self.batch_size))
         return self._load(self.chunks[k])
 
 

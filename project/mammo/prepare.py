@@ -48,7 +48,6 @@ from project.mammo.dicom import (
     DicomReadError,
     DicomResult,
     cuda_available,
-    dali_status,
     decodes_on_gpu,
     require_dali,
 )
@@ -273,7 +272,7 @@ _worker_reader: DicomReader | None = None  # one per worker process, made by _st
 
 def _start_worker(backend: str, batch_size: int) -> None:
     global _worker_reader
-    _worker_reader = DicomReader(backend, device="cpu", batch_size=batch_size, num_threads=1)
+    _worker_reader = DicomReader.for_worker(backend, batch_size)
 
 
 def _prepare_batch(jobs: Sequence[Job], settings: Settings) -> list[tuple[dict[str, str] | None, str]]:
@@ -363,7 +362,6 @@ def run(
         "skipped": len(rows) - len(jobs),
         "errors": manifest.errors,
         "backends": dict(backends),
-        "dali_device": "mixed" if on_gpu else "cpu" if backend != "pydicom" and dali_status()[0] else None,
     }
 
 
