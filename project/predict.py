@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from project.data.imageio import ImageReadError
+from project.data.layout import Box
 from project.data.submission import write_probability_csv
 from project.data.transforms import Preprocess, Preprocessor, to_tensor
 from project.fileio import atomic_write_csv, read_csv_rows
@@ -79,10 +80,14 @@ def auxiliary_head(members: Sequence[Member]) -> AuxiliaryColumn:
 
 
 class ImageFolderDataset(Dataset):
-    """Preprocessed images for prediction; a bad file yields its error instead of a tensor."""
+    """Preprocessed images for prediction; a bad file yields its error instead of a tensor. `boxes`: each
+    image's lesion box, which a lesion-crop preprocessing crops to."""
 
-    def __init__(self, paths: Sequence[Path], preprocess: Preprocess) -> None:
+    def __init__(
+        self, paths: Sequence[Path], preprocess: Preprocess, boxes: Sequence[Box | None] | None = None
+    ) -> None:
         self.paths = list(paths)
+        self.boxes = list(boxes) if boxes is not None else [None] * len(self.paths)
         self.preprocess = preprocess
         self.preprocessor = Preprocessor(preprocess)
 
@@ -92,7 +97,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         path = self.paths[index]
         try:
-            image, _ = self.preprocessor(path)
+            image, _ = self.preprocessor(path, self.boxes[index] if self.preprocess.lesion_crop else None)
         except ImageReadError as exc:
             return index, None, exc.cause
         except (ValueError, OSError, cv2.error) as exc:
@@ -138,8 +143,14 @@ def predict_folder(
     workers: int = 2,
     tta: bool = False,
     desc: str = "predict",
+    boxes: Sequence[Box | None] | None = None,
 ) -> Predictions:
-    """Ensemble-mean probabilities for every readable image in `paths`."""
+    """Ensemble-mean probabilities for every readable image in `paths`; `boxes` (one per path, from a
+    localiser or the labels) is what members trained with --lesion-crop crop to."""
+    croppers = [member.path.name for member in members if member.preprocess.lesion_crop]
+    if croppers and boxes is None:
+        raise ValueError(f"{', '.join(croppers)}: trained on lesion crops (--lesion-crop); prediction needs each "
+                         "image's lesion box: give a localiser (run.py --localiser)")
     started = time.perf_counter()
     dtype = autocast_dtype("auto", device)
     width = len(members[0].config.labels)
@@ -149,7 +160,8 @@ def predict_folder(
     errors: dict[int, str] = {}
     groups = _groups_by_preprocess(members)
     for group in groups:
-        loader = make_loader(ImageFolderDataset(paths, group[0].preprocess), batch_size, workers, collate_fn=_collate)
+        dataset = ImageFolderDataset(paths, group[0].preprocess, boxes)
+        loader = make_loader(dataset, batch_size, workers, collate_fn=_collate)
         for indices, images, bad in tqdm(loader, desc=desc, unit="batch", leave=False, disable=len(paths) == 0):
             errors.update(bad)
             if images is None:

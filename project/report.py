@@ -22,10 +22,12 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
 from project.data.classes import MALIGNANT_FROM, first_malignant_class
-from project.data.layout import Sample, load_config
+from project.data.layout import Box, LabelError, Sample, labelled_box, load_config
 from project.data.submission import write_cla_csv
 from project.evaluate import evaluate_folders
 from project.fileio import atomic_write_csv, atomic_write_text, numeric_order_key
+from project.localise import box_iou, locate_lesions
+from project.models.checkpoint import CheckpointError
 from project.models.lesion_map import WithLesionMap
 from project.plots import plot_confusion_matrices, plot_learning_curves, save_figure
 from project.predict import (
@@ -86,6 +88,8 @@ class Validation:
     aux: np.ndarray | None = None  # an auxiliary head's probabilities, the mean over the members that have it
     aux_head: AuxiliaryColumn = field(default_factory=AuxiliaryColumn)
     lesions: int | None = None  # with a lesion column: how many lesions the images show
+    boxes: list[Box | None] | None = None  # the lesion boxes lesion-crop members cropped to, one per sample
+    localisation: dict | None = None  # a localiser's boxes against the labelled ones
 
 
 def split_description(args: argparse.Namespace, val: Sequence[Sample]) -> str:
@@ -134,15 +138,53 @@ def lesions_from_metadata(samples: Sequence[Sample], column: str, root: Path) ->
     return {s.path.name: s.extra[column] for s in samples if s.extra.get(column, "").strip()}
 
 
+def localisation_figures(found: Sequence[Box | None], labelled: Sequence[Box | None]) -> dict:
+    """How well found boxes match the labelled ones: IoU mean, median and the share at 0.5 or more."""
+    ious = np.array([box_iou(a, b) for a, b in zip(found, labelled) if a is not None and b is not None])
+    if not len(ious):
+        return {"images": 0, "mean_iou": None, "median_iou": None, "iou_at_least_0_5": None}
+    return {"images": len(ious), "mean_iou": float(ious.mean()), "median_iou": float(np.median(ious)),
+            "iou_at_least_0_5": float((ious >= 0.5).mean())}
+
+
+def lesion_boxes(
+    run: Path, val: Sequence[Sample], task: ClassificationTask, root: Path, localiser_from: Path | None,
+    label_boxes: bool, device: torch.device, batch_size: int, workers: int,
+) -> tuple[list[Box | None] | None, dict | None]:
+    """The boxes lesion-crop members crop to (None: none asked for) and, from a localiser, its figures.
+
+    `label_boxes`: the labelled boxes (an upper bound: what a perfect localiser would give);
+    `localiser_from`: DIR/<RUN's name>/best.safetensors locates them, and must validate on RUN's images.
+    """
+    if not label_boxes and localiser_from is None:
+        return None, None
+    try:
+        labelled = [labelled_box(s.path) for s in val]
+    except LabelError as exc:
+        raise ReportError(str(exc)) from None
+    if label_boxes:
+        return labelled, None
+    other = Path(localiser_from) / run.name
+    _same_validation(run, other, task, root, {s.path.name for s in val})
+    try:
+        localiser = load_members([other / BEST_CHECKPOINT], device)[0]
+        found, _ = locate_lesions([s.path for s in val], localiser, device, batch_size, workers)
+    except (CheckpointError, ValueError) as exc:
+        raise ReportError(str(exc)) from None
+    return found, {"localiser": str(localiser.path), **localisation_figures(found, labelled)}
+
+
 def predict_validation(
     run: Path, data: Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
     tta: bool = False, members_from: Sequence[Path] = (), lesion_column: str | None = None,
+    localiser_from: Path | None = None, label_boxes: bool = False,
 ) -> Validation:
     """Probabilities of RUN/best.safetensors on the images of RUN/val.csv, through project.predict.
 
     With `members_from`, DIR/<RUN's name>/best.safetensors of each DIR joins an ensemble (the mean
     of the probabilities, as run.py averages several weights); each must validate on RUN's images.
     With `lesion_column`, the images of one lesion are scored with the mean of their probabilities.
+    Members trained on lesion crops crop to the boxes that `localiser_from` (or `label_boxes`) gives.
     """
     run = Path(run)
     args = load_run_args(run)
@@ -158,20 +200,27 @@ def predict_validation(
         raise ReportError(f"{root}: validation file names repeat across class folders: {repeated[:10]}")
     for other in others:
         _same_validation(run, other, member.task, root, set(names))
-    predictions: Predictions = predict_folder([s.path for s in val], members, torch_device, batch_size, workers,
-                                              tta=tta, desc="report")
+    boxes, localisation = lesion_boxes(run, val, member.task, root, localiser_from, label_boxes, torch_device,
+                                       batch_size, workers)
+    try:
+        predictions: Predictions = predict_folder([s.path for s in val], members, torch_device, batch_size, workers,
+                                                  tta=tta, desc="report", boxes=boxes)
+    except ValueError as exc:  # lesion-crop members without boxes
+        raise ReportError(str(exc)) from None
     lesions = None
     if lesion_column:
         lesion_of = lesions_from_metadata(val, lesion_column, root)
         predictions = average_over_lesions(predictions, lesion_of)
         lesions = len(set(lesion_keys(predictions.names, lesion_of)))
     by_name = {s.path.name: s for s in val}
+    box_of = {s.path.name: box for s, box in zip(val, boxes)} if boxes is not None else None
     order = sorted(range(len(predictions.names)), key=lambda i: numeric_order_key(predictions.names[i]))
     return Validation(
         samples=[by_name[predictions.names[i]] for i in order], probs=predictions.probs[order],
         classes=member.task.labels, members=members, skipped=predictions.errors, split=split_description(args, val),
         data=root, aux=None if predictions.aux is None else predictions.aux[order], aux_head=predictions.aux_head,
-        lesions=lesions,
+        lesions=lesions, boxes=None if box_of is None else [box_of[predictions.names[i]] for i in order],
+        localisation=localisation,
     )
 
 
@@ -261,7 +310,8 @@ def pick_cases(probs: np.ndarray, labels: np.ndarray, count: int) -> tuple[list[
 def gradcam_overlays(validation: Validation, indices: Sequence[int], device: torch.device) -> list[np.ndarray]:
     """RGB float overlays of the Grad-CAM of the predicted class on the preprocessed image."""
     member = validation.members[0]
-    dataset = ImageFolderDataset([validation.samples[i].path for i in indices], member.preprocess)
+    boxes = None if validation.boxes is None else [validation.boxes[i] for i in indices]
+    dataset = ImageFolderDataset([validation.samples[i].path for i in indices], member.preprocess, boxes)
     images = torch.stack([dataset[j][1] for j in range(len(indices))]).to(device)
     targets = [ClassifierOutputTarget(int(validation.probs[i].argmax())) for i in indices]
     cam = GradCAM(model=member.model, target_layers=[gradcam_target_layer(member.model)[1]])
@@ -409,10 +459,12 @@ def _report_html(metrics: dict, plots: Sequence[str]) -> str:
 def build_report(
     run: Path, out: Path, data: Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
     tta: bool = False, cam_cases: int = 4, members_from: Sequence[Path] = (), lesion_column: str | None = None,
+    localiser_from: Path | None = None, label_boxes: bool = False,
 ) -> dict:
     """Write OUT/index.html, its PNGs, metrics.json, predictions.csv, pred/ and gt/; returns the metrics."""
     run, out = Path(run), Path(out)
-    validation = predict_validation(run, data, device, batch_size, workers, tta, members_from, lesion_column)
+    validation = predict_validation(run, data, device, batch_size, workers, tta, members_from, lesion_column,
+                                    localiser_from, label_boxes)
     if not validation.samples:
         raise ReportError(f"{run}: no readable validation image")
     labels = np.array([s.label for s in validation.samples])
@@ -422,6 +474,8 @@ def build_report(
         "run": str(run), "data": str(validation.data), "checkpoint": str(first.path),
         "ensemble": [str(m.path) for m in validation.members[1:]],
         "lesion_column": lesion_column, "lesions": validation.lesions,
+        "lesion_boxes": "labels" if label_boxes else (validation.localisation or {}).get("localiser"),
+        "localisation": validation.localisation,
         "epoch": first.config.epoch, "split": validation.split, "classes": validation.classes,
         "checkpoint_metrics": first.config.metrics, "skipped": validation.skipped, "cla": cla,
         "malignancy": malignancy(validation), "calibration": calibration(validation.probs, labels),
@@ -541,10 +595,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lesion-column", metavar="COLUMN",
                         help="metadata column naming each image's lesion: the views of one lesion are scored with "
                              "the mean of their probabilities (run.py --lesions does the same at prediction)")
+    boxes = parser.add_mutually_exclusive_group()
+    boxes.add_argument("--localiser-from", type=Path, metavar="DIR",
+                       help="for members trained with --lesion-crop: DIR/<run name>/best.safetensors (trained with "
+                            "--lesion-map on the same fold) locates each lesion, as run.py --localiser does")
+    boxes.add_argument("--label-boxes", action="store_true",
+                       help="crop to the labelled lesion boxes instead: the figures a perfect localiser would give")
     parser.add_argument("--cam-cases", type=int, default=4, help="Grad-CAM images of right and of wrong cases")
     args = parser.parse_args(argv)
     options = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers, "tta": args.tta,
-               "cam_cases": args.cam_cases, "members_from": args.members_from, "lesion_column": args.lesion_column}
+               "cam_cases": args.cam_cases, "members_from": args.members_from, "lesion_column": args.lesion_column,
+               "localiser_from": args.localiser_from, "label_boxes": args.label_boxes}
     try:
         if args.cv:
             cross_validation_report(args.cv, args.out, args.data, **options)

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import torch
 
-from project.data.layout import list_images
+from project.data.layout import Box, list_images
 from project.data.submission import ID_STYLES
+from project.localise import locate_lesions
 from project.models.checkpoint import CheckpointError
 from project.predict import (
     ERRORS_FILE,
+    Member,
     average_over_lesions,
     load_members,
     predict_folder,
@@ -51,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads on CPU (default: the cores left over by the loader workers)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--localiser", type=Path, metavar="CKPT",
+                        help="a checkpoint trained with --lesion-map: locates each lesion for weights trained with "
+                             "--lesion-crop")
     parser.add_argument("--lesions", type=Path, metavar="CSV",
                         help="CSV with image and lesion columns: the images (views) of one lesion get the mean of "
                              "their probabilities, so one lesion gets one grade")
@@ -82,6 +87,16 @@ def checkpoints_for(folder: str, given: Sequence[Path] | None, weights_dir: Path
     return paths
 
 
+def lesion_boxes_for(
+    paths: Sequence[Path], members: Sequence[Member], args: argparse.Namespace, device: torch.device
+) -> list[Box | None] | None:
+    """Each image's lesion box from --localiser where a member crops to the lesion, else None."""
+    if args.localiser is None or not any(member.preprocess.lesion_crop for member in members):
+        return None
+    localiser = load_members([args.localiser], device)[0]
+    return locate_lesions(paths, localiser, device, args.batch_size, args.workers)[0]
+
+
 def run(args: argparse.Namespace) -> int:
     test_dir = find_test_folder(args.data)
     folders = {name: test_dir / name for name in FOLDERS if (test_dir / name).is_dir()}
@@ -105,8 +120,13 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         if members[0].task.name != name:
             raise UsageError(f"{members[0].path}: a {members[0].task.name} checkpoint given for {name}")
-        predictions = predict_folder(list_images(folder), members, device, args.batch_size, args.workers,
-                                     args.tta, desc=name)
+        paths = list_images(folder)
+        try:
+            boxes = lesion_boxes_for(paths, members, args, device)
+            predictions = predict_folder(paths, members, device, args.batch_size, args.workers, args.tta, desc=name,
+                                         boxes=boxes)
+        except (CheckpointError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
         if lesion_of:
             predictions = average_over_lesions(predictions, lesion_of)
             named = sum(n in lesion_of for n in predictions.names)

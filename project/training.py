@@ -90,6 +90,9 @@ def build_parser(name: str) -> argparse.ArgumentParser:
         help="inpaint burnt-in callipers, text and coloured overlays (training and prediction)")
     add("--keep-aspect", action=argparse.BooleanOptionalAction, default=False,
         help="letterbox to img_size (longer side scaled, black padding) instead of stretching to a square")
+    add("--lesion-crop", type=float, default=None, metavar="GROW",
+        help="train on each image cropped to its lesion box grown GROW times (e.g. 2); prediction then needs "
+             "a localiser (run.py --localiser) for the box")
     add("--mean", type=comma_floats, default=None,
         help="per-channel normalisation mean (default: the model's pretrained one)")
     add("--std", type=comma_floats, default=None,
@@ -122,7 +125,7 @@ def _preprocess(args: argparse.Namespace, model: torch.nn.Module) -> Preprocess:
     mean = tuple(args.mean or data_config["mean"])
     std = tuple(args.std or data_config["std"])
     return Preprocess(img_size=args.img_size, mean=mean, std=std, cut_black=cut, clahe=args.clahe,
-                      remove_marks=args.remove_marks, keep_aspect=args.keep_aspect)
+                      remove_marks=args.remove_marks, keep_aspect=args.keep_aspect, lesion_crop=args.lesion_crop)
 
 
 def _build_model(args: argparse.Namespace, name: str, kwargs: dict) -> torch.nn.Module:
@@ -224,10 +227,21 @@ def _lesion_map_weight(args: argparse.Namespace) -> float:
     return getattr(args, "lesion_map", 0.0)
 
 
+def _check_lesion_boxes(args: argparse.Namespace, samples: Sequence[Sample]) -> None:
+    """--lesion-crop needs every image's lesion box (labels/<image>.txt)."""
+    if not getattr(args, "lesion_crop", None):
+        return
+    missing = [str(s.path) for s in samples if s.box is None]
+    if missing:
+        raise SystemExit(f"--lesion-crop needs a lesion box for every image; {len(missing)} have none, e.g. "
+                         f"{', '.join(missing[:3])}")
+
+
 def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int = 1) -> Setup:
     """Data, split, datasets, loss, model and configs for the task `name` as the parsed arguments say."""
     task, samples = load_task_data(args, name)
     train_samples, val_samples = split_samples(samples, args)
+    _check_lesion_boxes(args, samples)
     task.configure(args, train_samples)
     model_name, kwargs = task.model_spec(args)
     criterion, batch_transform = task.loss(args, train_samples), task.batch_transform(args)

@@ -169,6 +169,12 @@ def parse_label_file(path: Path) -> list[tuple[int, Box]]:
     return entries
 
 
+def labelled_box(image: Path) -> Box | None:
+    """The lesion box of an image in a class folder: labels/<stem>.txt beside its images/ folder (None: no file)."""
+    label_file = Path(image).parent.parent / "labels" / f"{Path(image).stem}.txt"
+    return parse_label_file(label_file)[0][1] if label_file.is_file() else None
+
+
 def label_line(value: int, box: Sequence[float]) -> str:
     """`value cx cy w h` with 6 decimals: the writer's side of parse_label_file."""
     return " ".join([str(value), *(f"{c:.6f}" for c in box)]) + "\n"

@@ -42,6 +42,7 @@ class Preprocess:
     clahe: bool = False
     remove_marks: bool = False  # inpaint burnt-in marks (project.data.marks) before CutBlack
     keep_aspect: bool = False  # letterbox: scale the longer side to img_size, pad the shorter with black
+    lesion_crop: float | None = None  # crop to the lesion box grown by this factor first (project.localise)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +58,7 @@ class Preprocess:
             clahe=bool(raw.get("clahe", False)),
             remove_marks=bool(raw.get("remove_marks", False)),
             keep_aspect=bool(raw.get("keep_aspect", False)),
+            lesion_crop=float(raw["lesion_crop"]) if raw.get("lesion_crop") else None,
         )
 
 
@@ -75,6 +77,29 @@ def black_border_crop(image: np.ndarray, config: CutBlackConfig) -> tuple[int, i
 def crop(image: np.ndarray, bounds: tuple[int, int, int, int]) -> np.ndarray:
     top, bottom, left, right = bounds
     return image[top:bottom, left:right]
+
+
+MIN_LESION_CROP = 48  # px: the smallest side of a lesion crop, so that a tiny box still shows its margin
+
+
+def lesion_bounds(box: Box, shape: tuple[int, int], grow: float) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the lesion box grown `grow` times about its centre (each side at least
+    MIN_LESION_CROP px), clipped to an image of `shape` (height, width)."""
+    height, width = shape
+    cx, cy, w, h = box
+    half_w, half_h = max(w * width * grow, MIN_LESION_CROP) / 2, max(h * height * grow, MIN_LESION_CROP) / 2
+    left, right = round(max(0.0, cx * width - half_w)), round(min(width, cx * width + half_w))
+    top, bottom = round(max(0.0, cy * height - half_h)), round(min(height, cy * height + half_h))
+    return top, max(bottom, top + 1), left, max(right, left + 1)
+
+
+def uncrop_box(box: Box, bounds: tuple[int, int, int, int], shape: tuple[int, int]) -> Box:
+    """The inverse of crop_box: a YOLO box of the crop to `bounds` in the coordinates of the whole image."""
+    height, width = shape
+    top, bottom, left, right = bounds
+    cx, cy, w, h = box
+    crop_h, crop_w = bottom - top, right - left
+    return (cx * crop_w + left) / width, (cy * crop_h + top) / height, w * crop_w / width, h * crop_h / height
 
 
 def crop_box(box: Box | None, bounds: tuple[int, int, int, int], shape: tuple[int, int]) -> Box | None:
@@ -199,9 +224,19 @@ class Preprocessor:
 
     def __call__(self, path: str | Path, box: Box | None = None) -> tuple[np.ndarray, XYXY | None]:
         """img_size x img_size x 3 uint8 and the lesion box as normalised xyxy; raises ImageReadError."""
-        image = self._decode(path)
+        image, box, _ = self._lesion_crop(path, self._decode(path), box)
         resized, xyxy, _ = self._crop_and_resize(image, box, self._bounds(image))
         return resized, xyxy
+
+    def framed(self, path: str | Path) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int]]:
+        """As __call__ without a box, plus what maps the result back onto the file: the CutBlack bounds and
+        the decoded image's (height, width). Only for stretched, uncropped preprocessing."""
+        if self.preprocess.keep_aspect or self.preprocess.lesion_crop:
+            raise ValueError("only a stretched whole image maps back onto its file (no keep_aspect, no lesion_crop)")
+        image = self._decode(path)
+        bounds = self._bounds(image)
+        resized, _, _ = self._crop_and_resize(image, None, bounds)
+        return resized, bounds, image.shape[:2]
 
     def with_lesion_map(
         self, path: str | Path, box: Box | None, mask_path: Path | None
@@ -209,9 +244,11 @@ class Preprocessor:
         """As __call__, plus the lesion as an img_size x img_size uint8 map of 0 and 1 that follows the
         image's crop: the mask file where there is one, else the filled lesion box, else None (unknown)."""
         image = self._decode(path)
+        mask = read_mask(mask_path, image.shape[:2]) if mask_path is not None else None
+        image, box, mask = self._lesion_crop(path, image, box, mask)
         bounds = self._bounds(image)
-        if mask_path is not None:
-            lesion = crop(read_mask(mask_path, image.shape[:2]), bounds)
+        if mask is not None:
+            lesion = crop(mask, bounds)
             return self._crop_and_resize(image, box, bounds, lesion)
         resized, xyxy, _ = self._crop_and_resize(image, box, bounds)
         return resized, xyxy, box_map(xyxy, self.preprocess.img_size) if xyxy else None
@@ -219,6 +256,17 @@ class Preprocessor:
     def _decode(self, path: str | Path) -> np.ndarray:
         image = read_image(path)
         return marks.remove_marks(image) if self.preprocess.remove_marks else image
+
+    def _lesion_crop(
+        self, path: str | Path, image: np.ndarray, box: Box | None, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, Box | None, np.ndarray | None]:
+        """With `lesion_crop`, the image (and mask) cropped to the grown lesion box, and the box in the crop."""
+        if not self.preprocess.lesion_crop:
+            return image, box, mask
+        if box is None:
+            raise ImageReadError(path, "no lesion box to crop to (lesion_crop needs one: a label, or a localiser)")
+        bounds = lesion_bounds(box, image.shape[:2], self.preprocess.lesion_crop)
+        return crop(image, bounds), crop_box(box, bounds, image.shape[:2]), None if mask is None else crop(mask, bounds)
 
     def _bounds(self, image: np.ndarray) -> tuple[int, int, int, int]:
         if self.preprocess.cut_black is None:

@@ -5,7 +5,8 @@ says nothing about; on small ultrasound sets it is a common way to steer a class
 lesion (e.g. Y. Zhou et al., "Multi-task learning for segmentation and classification of tumors
 in 3D automated breast ultrasound images", Medical Image Analysis 70:101918, 2021). Here the head is
 as light as it can be: one logit per cell of the stride-32 grid, so it shapes the features that
-the class head pools, and costs nothing at prediction.
+the class head pools, and costs nothing at prediction. Read on its own (`lesion_map`), it locates the
+lesion for a lesion-crop classifier (project.localise).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class WithLesionMap(nn.Module):
         if not self.training:
             return logits
         return logits, self.lesion_head(features).squeeze(1)
+
+    def lesion_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The lesion logit of every cell [B, h, w]: where a localiser (project.localise) finds the lesion."""
+        return self.lesion_head(self.forward_features(x)).squeeze(1)
 
     def get_classifier(self) -> nn.Module:
         return self.net.get_classifier()

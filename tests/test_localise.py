@@ -1,0 +1,159 @@
+"""Lesion crops: the crop in preprocessing, boxes from a lesion map, run.py and the report with a localiser."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from project.data.imageio import ImageReadError
+from project.data.transforms import (
+    Preprocess,
+    Preprocessor,
+    crop_box,
+    lesion_bounds,
+    uncrop_box,
+)
+from project.localise import box_from_map, box_iou, locate_lesions
+from project.models.checkpoint import CheckpointConfig, load_checkpoint
+from project.models.factory import create_model
+from project.predict import Member, load_members, predict_folder
+from project.report import build_report
+from project.testb import main as run_py
+from project.training import run as train
+
+
+def test_the_box_is_the_centroid_and_spread_of_the_peak_region() -> None:
+    probs = np.zeros((7, 7))
+    probs[1:3, 2:5] = 0.9  # the lesion: rows 1-2, columns 2-4
+    probs[6, 6] = 0.8  # a bright cell not joined to the peak
+    probs[1, 2] = 1.0  # the peak
+    cx, cy, w, h = box_from_map(probs)
+    assert cx == pytest.approx((3.5 - 0.1 * 1 / 6.0) / 7, abs=0.02) and cy == pytest.approx(2 / 7, abs=0.02)
+    assert w * 7 == pytest.approx(3, abs=0.05)  # three cells wide
+    assert h * 7 == pytest.approx(2, abs=0.05)  # two cells tall
+    assert box_from_map(np.zeros((7, 7))) == (0.5, 0.5, 1.0, 1.0)
+    single = np.zeros((7, 7))
+    single[3, 3] = 0.9
+    assert box_from_map(single) == pytest.approx((3.5 / 7, 3.5 / 7, 1 / 7, 1 / 7))
+
+
+def test_box_iou() -> None:
+    box = (0.5, 0.5, 0.4, 0.2)
+    assert box_iou(box, box) == pytest.approx(1.0)
+    assert box_iou(box, (0.5, 0.5, 0.2, 0.2)) == pytest.approx(0.5)
+    assert box_iou(box, (0.1, 0.1, 0.1, 0.1)) == 0.0
+
+
+def test_uncrop_undoes_crop() -> None:
+    box, bounds, shape = (0.3, 0.6, 0.2, 0.1), (10, 90, 20, 100), (120, 140)
+    assert uncrop_box(crop_box(box, bounds, shape), bounds, shape) == pytest.approx(box)
+
+
+def test_lesion_bounds_grow_the_box_and_stay_inside_the_image() -> None:
+    shape = (100, 200)  # height, width
+    assert lesion_bounds((0.5, 0.5, 0.2, 0.4), shape, 2.0) == (10, 90, 60, 140)
+    assert lesion_bounds((0.02, 0.5, 0.01, 0.01), shape, 2.0) == (26, 74, 0, 28)  # 48 px at least, clipped left
+
+
+def _picture(path: Path) -> None:
+    """120 x 100 speckle with a bright 30 x 20 lesion at columns 40..69, rows 30..49."""
+    image = np.random.default_rng(0).integers(60, 120, (100, 120), dtype=np.uint8)
+    image[30:50, 40:70] = 250
+    Image.fromarray(image).save(path)
+
+
+def test_a_lesion_crop_preprocesses_the_grown_box_and_needs_one(tmp_path: Path) -> None:
+    _picture(tmp_path / "a.png")
+    box = (55 / 120, 40 / 100, 30 / 120, 20 / 100)
+    cropped, xyxy = Preprocessor(Preprocess(img_size=32, cut_black=None, lesion_crop=2.0))(tmp_path / "a.png", box)
+    image = np.asarray(Image.open(tmp_path / "a.png"))
+    Image.fromarray(image[16:64, 25:85]).save(tmp_path / "by_hand.png")  # 60 x 40 grown to 60 x 48
+    expected, _ = Preprocessor(Preprocess(img_size=32, cut_black=None))(tmp_path / "by_hand.png")
+    assert np.array_equal(cropped, expected)
+    assert xyxy == pytest.approx((0.25, 14 / 48, 0.75, 34 / 48), abs=1e-6)
+    with pytest.raises(ImageReadError, match="a.png: no lesion box"):
+        Preprocessor(Preprocess(img_size=32, lesion_crop=2.0))(tmp_path / "a.png")
+    assert Preprocess.from_dict(Preprocess(lesion_crop=1.5).to_dict()).lesion_crop == 1.5
+    assert Preprocess.from_dict(Preprocess().to_dict()).lesion_crop is None
+
+
+def test_a_localiser_box_maps_back_through_cut_black_onto_the_file(tmp_path: Path) -> None:
+    image = np.zeros((100, 120), np.uint8)
+    image[20:100, 40:120] = np.random.default_rng(0).integers(60, 120, (80, 80), dtype=np.uint8)  # black borders
+    Image.fromarray(image).save(tmp_path / "framed.png")
+    model = create_model("convnext_atto", num_classes=4, lesion_map=True).eval()
+    cells = torch.full((1, 4, 4), -20.0)
+    cells[0, 0, 2:4] = 20.0  # the top row's right half of the 80 x 80 field
+    model.lesion_map = lambda x: cells.expand(len(x), -1, -1)
+    member = Member(model, CheckpointConfig("cla", "convnext_atto", {}, ["2", "3", "4", "5"], {}),
+                    Preprocess(img_size=128), tmp_path / "localiser.safetensors")
+    boxes, errors = locate_lesions([tmp_path / "framed.png", tmp_path / "missing.png"], member, torch.device("cpu"))
+    assert boxes[1] is None and list(errors) == [1]
+    # cells 2-3 of row 0 in the field (columns 40..119, rows 20..99): x 80..120, y 20..40 of the file
+    cx, cy, w, h = boxes[0]
+    assert (cx * 120, cy * 100) == pytest.approx((100, 30))
+    assert (w * 120, h * 100) == pytest.approx((40, 20))
+
+
+def test_only_a_lesion_map_model_locates(tmp_path: Path) -> None:
+    member = Member(create_model("convnext_atto", num_classes=4).eval(),
+                    CheckpointConfig("cla", "convnext_atto", {}, ["2", "3", "4", "5"], {}),
+                    Preprocess(img_size=64), tmp_path / "plain.safetensors")
+    with pytest.raises(ValueError, match="plain.safetensors: not a localiser"):
+        locate_lesions([], member, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def crop_runs(phantom_small: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One epoch each on the phantoms: a localiser (--lesion-map) and a classifier of lesion crops."""
+    out = tmp_path_factory.mktemp("crop_runs")
+    common = ["--data", str(phantom_small), "--model", "convnext_atto", "--img-size", "64", "--epochs", "1",
+              "--batch-size", "16", "--workers", "0", "--folds", "2", "--fold", "0", "--seed", "0"]
+    train([*common, "--out", str(out / "localiser" / "fold0"), "--lesion-map", "1"], "cla")
+    train([*common, "--out", str(out / "crops" / "fold0"), "--lesion-crop", "2"], "cla")
+    return {"localiser": out / "localiser" / "fold0", "crops": out / "crops" / "fold0"}
+
+
+def test_the_crop_checkpoint_says_it_crops_and_predicts_from_boxes(crop_runs: dict[str, Path]) -> None:
+    _, config = load_checkpoint(crop_runs["crops"] / "best.safetensors")
+    assert config.preprocess["lesion_crop"] == 2.0
+    members = load_members([crop_runs["crops"] / "best.safetensors"], torch.device("cpu"))
+    with pytest.raises(ValueError, match="trained on lesion crops.*give a localiser"):
+        predict_folder([], members, torch.device("cpu"))
+
+
+def test_run_py_crops_where_the_localiser_finds_the_lesion(
+    crop_runs: dict[str, Path], phantom_small: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    crops, localiser = crop_runs["crops"] / "best.safetensors", crop_runs["localiser"] / "best.safetensors"
+    shutil.copytree(phantom_small / "testB" / "cla", tmp_path / "testB" / "cla")
+    base = ["--data", str(tmp_path / "testB"), "--cls-weights", str(crops), "--workers", "0"]
+    (tmp_path / "without").mkdir()
+    assert run_py([*base, "--out-dir", str(tmp_path / "without")]) == 2
+    assert "trained on lesion crops" in capsys.readouterr().err
+    (tmp_path / "with").mkdir()
+    assert run_py([*base, "--localiser", str(localiser), "--out-dir", str(tmp_path / "with")]) == 0
+    rows = (tmp_path / "with" / "cla_pre.csv").read_text().splitlines()
+    images = list((tmp_path / "testB" / "cla").iterdir())
+    assert rows[0] == "img_name,label" and len(rows) == 1 + len(images)
+    (tmp_path / "not_a_localiser").mkdir()
+    assert run_py([*base, "--localiser", str(crops), "--out-dir", str(tmp_path / "not_a_localiser")]) == 2
+    assert "not a localiser" in capsys.readouterr().err
+
+
+def test_the_report_crops_to_label_boxes_or_to_the_localiser_and_scores_it(
+    crop_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    labelled = build_report(crop_runs["crops"], tmp_path / "labels", label_boxes=True, cam_cases=1)
+    assert labelled["lesion_boxes"] == "labels" and labelled["localisation"] is None
+    located = build_report(crop_runs["crops"], tmp_path / "located", localiser_from=crop_runs["localiser"].parent,
+                           cam_cases=1)
+    figures = located["localisation"]
+    assert figures["images"] == labelled["cla"]["n"] == located["cla"]["n"]
+    assert 0.0 <= figures["iou_at_least_0_5"] <= 1.0 and 0.0 < figures["mean_iou"] <= 1.0
+    assert located["lesion_boxes"].endswith("localiser/fold0/best.safetensors")
