@@ -424,6 +424,18 @@ def _html_page(title: str, body: str) -> str:
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
 
 
+def _crops_sentence(metrics: dict) -> str:
+    """What lesion-crop members cropped to, in words ('' where none did)."""
+    if metrics["lesion_boxes"] == "labels":
+        return " Lesion-crop members cropped to the labelled lesion boxes."
+    found = metrics["localisation"]
+    if not found:
+        return ""
+    return (f" Lesion-crop members cropped to the boxes of <code>{html.escape(found['localiser'])}</code>: IoU "
+            f"with the labelled boxes {_fmt(found['mean_iou'], 3)} on average, ≥ 0.5 for "
+            f"{_fmt(found['iou_at_least_0_5'], 3)} of {found['images']} images.")
+
+
 def _report_html(metrics: dict, plots: Sequence[str]) -> str:
     cla, mal = metrics["cla"], metrics["malignancy"]
     summary = _html_table(["metric", "value"], [
@@ -443,9 +455,10 @@ def _report_html(metrics: dict, plots: Sequence[str]) -> str:
     lesions = (f" Each image is scored with the mean over its lesion's images (column "
                f"<code>{html.escape(metrics['lesion_column'])}</code>: {metrics['lesions']} lesions)."
                if metrics["lesion_column"] else "")
+    crops = _crops_sentence(metrics)
     parts = [
         f"<p>Run <code>{html.escape(metrics['run'])}</code>, checkpoint of epoch {metrics['epoch']}, data "
-        f"<code>{html.escape(metrics['data'])}</code>, validation {html.escape(metrics['split'])}{ensemble}.{lesions} "
+        f"<code>{html.escape(metrics['data'])}</code>, validation {html.escape(metrics['split'])}{ensemble}.{lesions}{crops} "
         "Predictions recomputed with project.predict; numbers from project.evaluate.</p>",
         summary, "<h2>Per-class</h2>", per_class,
     ]

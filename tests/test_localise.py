@@ -157,3 +157,5 @@ def test_the_report_crops_to_label_boxes_or_to_the_localiser_and_scores_it(
     assert figures["images"] == labelled["cla"]["n"] == located["cla"]["n"]
     assert 0.0 <= figures["iou_at_least_0_5"] <= 1.0 and 0.0 < figures["mean_iou"] <= 1.0
     assert located["lesion_boxes"].endswith("localiser/fold0/best.safetensors")
+    assert "IoU with the labelled boxes" in (tmp_path / "located" / "index.html").read_text(encoding="utf-8")
+    assert "cropped to the labelled lesion boxes" in (tmp_path / "labels" / "index.html").read_text(encoding="utf-8")
