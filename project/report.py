@@ -458,8 +458,8 @@ def _report_html(metrics: dict, plots: Sequence[str]) -> str:
     crops = _crops_sentence(metrics)
     parts = [
         f"<p>Run <code>{html.escape(metrics['run'])}</code>, checkpoint of epoch {metrics['epoch']}, data "
-        f"<code>{html.escape(metrics['data'])}</code>, validation {html.escape(metrics['split'])}{ensemble}.{lesions}{crops} "
-        "Predictions recomputed with project.predict; numbers from project.evaluate.</p>",
+        f"<code>{html.escape(metrics['data'])}</code>, validation {html.escape(metrics['split'])}{ensemble}."
+        f"{lesions}{crops} Predictions recomputed with project.predict; numbers from project.evaluate.</p>",
         summary, "<h2>Per-class</h2>", per_class,
     ]
     for name in plots:

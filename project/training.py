@@ -93,6 +93,10 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     add("--lesion-crop", type=float, default=None, metavar="GROW",
         help="train on each image cropped to its lesion box grown GROW times (e.g. 2); prediction then needs "
              "a localiser (run.py --localiser) for the box")
+    add("--lesion-crop-jitter", type=float, default=0.0, metavar="AMOUNT",
+        help="with --lesion-crop: scale each training box's sides by up to 1 + AMOUNT either way and move it by up "
+             "to AMOUNT / 4 of a side, drawn anew every time (as a localiser errs); the training images are then "
+             "preprocessed every epoch, not cached")
     add("--mean", type=comma_floats, default=None,
         help="per-channel normalisation mean (default: the model's pretrained one)")
     add("--std", type=comma_floats, default=None,
@@ -216,10 +220,10 @@ def _lesion_datasets(
     preprocess = _preprocess(args, model)
     augment = AugmentConfig(**args.augment_options) if args.augment else None
     train_data = LesionDataset(train, preprocess, task, augment, CutMixConfig(p=args.cutmix), seed=args.seed,
-                               lesion_maps=_lesion_map_weight(args) > 0)
+                               lesion_maps=_lesion_map_weight(args) > 0, box_jitter=args.lesion_crop_jitter)
     val_data = LesionDataset(val, preprocess, task)
     if args.cache == "ram":
-        cache_images([train_data, val_data], args.data)
+        cache_images([data for data in (train_data, val_data) if data.cacheable], args.data)
     return TaskDatasets(train_data, val_data, preprocess.to_dict())
 
 
@@ -230,6 +234,8 @@ def _lesion_map_weight(args: argparse.Namespace) -> float:
 def _check_lesion_boxes(args: argparse.Namespace, samples: Sequence[Sample]) -> None:
     """--lesion-crop needs every image's lesion box (labels/<image>.txt)."""
     if not getattr(args, "lesion_crop", None):
+        if getattr(args, "lesion_crop_jitter", 0.0):
+            raise SystemExit("--lesion-crop-jitter needs --lesion-crop")
         return
     missing = [str(s.path) for s in samples if s.box is None]
     if missing:

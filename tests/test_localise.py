@@ -15,6 +15,7 @@ from project.data.transforms import (
     Preprocess,
     Preprocessor,
     crop_box,
+    jitter_box,
     lesion_bounds,
     uncrop_box,
 )
@@ -159,3 +160,35 @@ def test_the_report_crops_to_label_boxes_or_to_the_localiser_and_scores_it(
     assert located["lesion_boxes"].endswith("localiser/fold0/best.safetensors")
     assert "IoU with the labelled boxes" in (tmp_path / "located" / "index.html").read_text(encoding="utf-8")
     assert "cropped to the labelled lesion boxes" in (tmp_path / "labels" / "index.html").read_text(encoding="utf-8")
+
+
+def test_jittered_boxes_stay_within_their_bounds_and_vary() -> None:
+    rng = np.random.default_rng(0)
+    box = (0.5, 0.4, 0.2, 0.1)
+    boxes = np.array([jitter_box(box, rng, 0.6) for _ in range(2000)])
+    assert (boxes[:, 2] / 0.2).min() >= 1 / 1.6 - 1e-9 and (boxes[:, 2] / 0.2).max() <= 1.6 + 1e-9
+    assert np.abs(boxes[:, 0] - 0.5).max() <= 0.15 * 0.2 + 1e-9 and np.abs(boxes[:, 1] - 0.4).max() <= 0.015 + 1e-9
+    assert np.median(np.log(boxes[:, 3] / 0.1)) == pytest.approx(0, abs=0.05)  # as often smaller as larger
+    assert len({tuple(b) for b in boxes}) == len(boxes)
+    assert jitter_box(box, rng, 0.0) == pytest.approx(box)
+
+
+def test_a_jittered_lesion_crop_dataset_is_not_cached_and_crops_anew(phantom_small: Path) -> None:
+    from project.data.datasets import LesionDataset
+    from project.data.layout import scan_classification
+    from project.tasks import create_task
+
+    samples = scan_classification(phantom_small / "train").samples[:4]
+    task = create_task("cla", ["2", "3", "4A", "4B", "4C", "5"])
+    steady = LesionDataset(samples, Preprocess(img_size=32, lesion_crop=2.0), task)
+    jittered = LesionDataset(samples, Preprocess(img_size=32, lesion_crop=2.0), task, box_jitter=0.5)
+    assert steady.cacheable and not jittered.cacheable
+    assert np.array_equal(steady.preprocessed(0)[0], steady.preprocessed(0)[0])
+    assert not np.array_equal(jittered.preprocessed(0)[0], jittered.preprocessed(0)[0])
+    assert LesionDataset(samples, Preprocess(img_size=32), task, box_jitter=0.5).cacheable  # no crop, no jitter
+
+
+def test_jitter_needs_a_lesion_crop(phantom_small: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--lesion-crop-jitter needs --lesion-crop"):
+        train(["--data", str(phantom_small), "--out", str(tmp_path / "run"), "--model", "convnext_atto",
+               "--lesion-crop-jitter", "0.5"], "cla")

@@ -20,6 +20,7 @@ from project.data.transforms import (
     Preprocessor,
     box_area,
     build_augment,
+    jitter_box,
     paste_box,
     random_box,
     to_tensor,
@@ -73,6 +74,7 @@ class LesionDataset(Dataset):
         cutmix: CutMixConfig | None = None,
         seed: int = 0,
         lesion_maps: bool = False,
+        box_jitter: float = 0.0,
     ) -> None:
         self.samples = list(samples)
         self.preprocess = preprocess
@@ -82,6 +84,7 @@ class LesionDataset(Dataset):
         self.cache: ImageCache | None = None
         self.cutmix = cutmix if cutmix and cutmix.p > 0 else None
         self.lesion_maps = lesion_maps
+        self.box_jitter = box_jitter if preprocess.lesion_crop else 0.0
         self.seed = seed
         self.draws = 0
         self.reseed(seed)  # DataLoader workers reseed their copies; without workers this stream is used
@@ -100,11 +103,19 @@ class LesionDataset(Dataset):
         self.cache = fill_cache(len(self), self.preprocess.img_size, self.preprocessed, desc, self.lesion_maps)
         return self.cache
 
+    @property
+    def cacheable(self) -> bool:
+        """Whether preprocessing gives the same image every time (a jittered lesion crop does not)."""
+        return not self.box_jitter
+
     def preprocessed(self, index: int) -> Loaded:
         sample = self.samples[index]
+        box = sample.box
+        if self.box_jitter and box is not None:
+            box = jitter_box(box, self._rng(index), self.box_jitter)
         if self.lesion_maps:
-            return self.preprocessor.with_lesion_map(sample.path, sample.box, sample.mask)
-        return (*self.preprocessor(sample.path, sample.box), None)
+            return self.preprocessor.with_lesion_map(sample.path, box, sample.mask)
+        return (*self.preprocessor(sample.path, box), None)
 
     def target(self, index: int) -> torch.Tensor:
         return self.task.target(self.samples[index])

@@ -93,6 +93,16 @@ def lesion_bounds(box: Box, shape: tuple[int, int], grow: float) -> tuple[int, i
     return top, max(bottom, top + 1), left, max(right, left + 1)
 
 
+def jitter_box(box: Box, rng: np.random.Generator, amount: float) -> Box:
+    """The box with each side scaled by a factor drawn log-uniformly from [1 / (1 + amount), 1 + amount] and
+    its centre moved by up to amount / 4 of that side: a localiser's errors, for a lesion-crop model to bear."""
+    cx, cy, w, h = box
+    spread = np.log1p(amount)
+    scale_w, scale_h = np.exp(rng.uniform(-spread, spread, 2))
+    shift_x, shift_y = rng.uniform(-amount / 4, amount / 4, 2)
+    return cx + shift_x * w, cy + shift_y * h, w * scale_w, h * scale_h
+
+
 def uncrop_box(box: Box, bounds: tuple[int, int, int, int], shape: tuple[int, int]) -> Box:
     """The inverse of crop_box: a YOLO box of the crop to `bounds` in the coordinates of the whole image."""
     height, width = shape
