@@ -107,6 +107,10 @@ def test_only_a_lesion_map_model_locates(tmp_path: Path) -> None:
                     Preprocess(img_size=64), tmp_path / "plain.safetensors")
     with pytest.raises(ValueError, match="plain.safetensors: not a localiser"):
         locate_lesions([], member, torch.device("cpu"))
+    letterboxed = Member(create_model("convnext_atto", num_classes=4, lesion_map=True).eval(), member.config,
+                         Preprocess(img_size=64, keep_aspect=True), tmp_path / "letterboxed.safetensors")
+    with pytest.raises(ValueError, match="letterboxed.safetensors: a localiser must see the whole image stretched"):
+        locate_lesions([], letterboxed, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
