@@ -10,18 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from scipy import ndimage
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from project.data.imageio import ImageReadError
 from project.data.layout import Box
-from project.data.transforms import Preprocessor, to_tensor, uncrop_box, yolo_to_xyxy
+from project.data.transforms import uncrop_box, yolo_to_xyxy
 from project.models.lesion_map import WithLesionMap
-from project.predict import Member
+from project.predict import ImageFolderDataset, Member, collate_images
 from project.runtime import make_loader
 
 PEAK_SHARE = 0.5  # cells joined to the peak with at least this share of its probability make up the lesion
@@ -69,33 +66,6 @@ def check_localiser(member: Member) -> None:
                          "--keep-aspect or --lesion-crop)")
 
 
-class _FramedImages(Dataset):
-    """The localiser's input, with what maps its frame back onto each file; a bad file yields its error."""
-
-    def __init__(self, paths: Sequence[Path], member: Member) -> None:
-        self.paths, self.member = list(paths), member
-        self.preprocessor = Preprocessor(member.preprocess)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        try:
-            image, bounds, shape = self.preprocessor.framed(self.paths[index])
-        except ImageReadError as exc:
-            return index, None, exc.cause
-        except (ValueError, OSError, cv2.error) as exc:
-            return index, None, f"cannot preprocess ({type(exc).__name__}: {exc})"
-        return index, (to_tensor(image, self.member.preprocess.mean, self.member.preprocess.std), bounds, shape), None
-
-
-def _collate(items):
-    good = [(i, framed) for i, framed, _ in items if framed is not None]
-    bad = [(i, error) for i, _, error in items if error is not None]
-    images = torch.stack([framed[0] for _, framed in good]) if good else None
-    return good, images, bad
-
-
 @torch.inference_mode()
 def locate_lesions(
     paths: Sequence[Path], localiser: Member, device: torch.device, batch_size: int = 32, workers: int = 0,
@@ -104,12 +74,14 @@ def locate_lesions(
     check_localiser(localiser)
     boxes: list[Box | None] = [None] * len(paths)
     errors: dict[int, str] = {}
-    loader = make_loader(_FramedImages(paths, localiser), batch_size, workers, collate_fn=_collate)
-    for good, images, bad in tqdm(loader, desc="localise", unit="batch", leave=False, disable=len(paths) == 0):
+    dataset = ImageFolderDataset(paths, localiser.preprocess, framed=True)
+    loader = make_loader(dataset, batch_size, workers, collate_fn=collate_images)
+    for indices, images, bad, frames in tqdm(loader, desc="localise", unit="batch", leave=False,
+                                             disable=len(paths) == 0):
         errors.update(bad)
         if images is None:
             continue
         maps = torch.sigmoid(localiser.model.lesion_map(images.to(device)).float()).cpu().numpy()
-        for (index, (_, bounds, shape)), probs in zip(good, maps):
+        for index, (bounds, shape), probs in zip(indices, frames, maps, strict=True):
             boxes[index] = uncrop_box(box_from_map(probs), bounds, shape)
     return boxes, errors

@@ -79,37 +79,50 @@ def auxiliary_head(members: Sequence[Member]) -> AuxiliaryColumn:
     return heads.pop() if heads else AuxiliaryColumn()
 
 
+Frame = tuple[tuple[int, int, int, int], tuple[int, int]]
+"""What maps a preprocessed image back onto its file: the CutBlack bounds and the file's (height, width)."""
+
+
 class ImageFolderDataset(Dataset):
     """Preprocessed images for prediction; a bad file yields its error instead of a tensor. `boxes`: each
-    image's lesion box, which a lesion-crop preprocessing crops to."""
+    image's lesion box, which a lesion-crop preprocessing crops to. `framed`: each item also carries its
+    Frame (a localiser's input, project.localise), else None."""
 
     def __init__(
-        self, paths: Sequence[Path], preprocess: Preprocess, boxes: Sequence[Box | None] | None = None
+        self, paths: Sequence[Path], preprocess: Preprocess, boxes: Sequence[Box | None] | None = None,
+        framed: bool = False,
     ) -> None:
         self.paths = list(paths)
         self.boxes = list(boxes) if boxes is not None else [None] * len(self.paths)
         self.preprocess = preprocess
         self.preprocessor = Preprocessor(preprocess)
+        self.framed = framed
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None, Frame | None]:
         path = self.paths[index]
+        frame = None
         try:
-            image, _ = self.preprocessor(path, self.boxes[index] if self.preprocess.lesion_crop else None)
+            if self.framed:
+                image, bounds, shape = self.preprocessor.framed(path)
+                frame = bounds, shape
+            else:
+                image, _ = self.preprocessor(path, self.boxes[index] if self.preprocess.lesion_crop else None)
         except ImageReadError as exc:
-            return index, None, exc.cause
+            return index, None, exc.cause, None
         except (ValueError, OSError, cv2.error) as exc:
-            return index, None, f"cannot preprocess ({type(exc).__name__}: {exc})"
-        return index, to_tensor(image, self.preprocess.mean, self.preprocess.std), None
+            return index, None, f"cannot preprocess ({type(exc).__name__}: {exc})", None
+        return index, to_tensor(image, self.preprocess.mean, self.preprocess.std), None, frame
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
-    good = [(i, t) for i, t, _ in items if t is not None]
-    bad = [(i, e) for i, _, e in items if e is not None]
-    images = torch.stack([t for _, t in good]) if good else None
-    return [i for i, _ in good], images, bad
+def collate_images(items: list[tuple[int, torch.Tensor | None, str | None, Frame | None]]):
+    """(indices of the readable images, their stacked tensors or None, [(index, error)], their frames)."""
+    good = [(i, t, f) for i, t, _, f in items if t is not None]
+    bad = [(i, e) for i, _, e, _ in items if e is not None]
+    images = torch.stack([t for _, t, _ in good]) if good else None
+    return [i for i, _, _ in good], images, bad, [f for _, _, f in good]
 
 
 def _member_probs(
@@ -161,8 +174,8 @@ def predict_folder(
     groups = _groups_by_preprocess(members)
     for group in groups:
         dataset = ImageFolderDataset(paths, group[0].preprocess, boxes)
-        loader = make_loader(dataset, batch_size, workers, collate_fn=_collate)
-        for indices, images, bad in tqdm(loader, desc=desc, unit="batch", leave=False, disable=len(paths) == 0):
+        loader = make_loader(dataset, batch_size, workers, collate_fn=collate_images)
+        for indices, images, bad, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=len(paths) == 0):
             errors.update(bad)
             if images is None:
                 continue

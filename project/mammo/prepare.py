@@ -345,8 +345,8 @@ def run(
     require_dali(backend)
     on_gpu = decodes_on_gpu(backend, cuda_available())
     manifest = Manifest(out, done)
-    bar = tqdm(total=len(jobs), desc="prepare", unit="img", disable=not (sys.stderr.isatty() if progress is None
-                                                                           else progress))
+    progress = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(jobs), desc="prepare", unit="img", disable=not progress)
     try:
         if on_gpu:
             with DicomReader(backend, batch_size=batch_size, num_threads=workers, keep_on_gpu=True) as reader:
