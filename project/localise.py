@@ -1,8 +1,9 @@
 """Lesion boxes from a lesion-map head: where a lesion-crop classifier (Preprocess.lesion_crop) looks at prediction.
 
 A classifier trained with `--lesion-map` learns, beside its classes, one lesion logit per cell of its
-stride-32 grid. Read at prediction, that map locates the lesion; `box_from_map` turns it into a box,
-and the box is carried back through CutBlack onto the file, where a `--lesion-crop` model crops it.
+stride-32 grid (or a finer one, `--lesion-map-stride`). Read at prediction, that map locates the
+lesion; `box_from_map` turns it into a box, and the box is carried back through CutBlack onto the
+file, where a `--lesion-crop` model crops it.
 """
 
 from __future__ import annotations

@@ -108,6 +108,9 @@ def build_parser(name: str) -> argparse.ArgumentParser:
         add("--lesion-map", type=float, default=0.0,
             help="weight of an auxiliary lesion-map head's loss, learnt from the images' masks/ (else their "
                  "lesion boxes); 0 = no such head")
+        add("--lesion-map-stride", type=int, default=32, choices=(8, 16, 32),
+            help="the lesion map's cell in pixels: 16 or 8 add the trunk's features at that stride to the "
+                 "stride-32 ones (FCN skips), for a finer map and a localiser's tighter boxes")
     task.add_arguments(parser)
     return parser
 
@@ -254,7 +257,7 @@ def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int 
     if _lesion_map_weight(args) > 0:
         if batch_transform is not None:
             raise SystemExit("--lesion-map cannot go with a batch transform such as --mixup: it mixes no maps")
-        kwargs = {**kwargs, "lesion_map": True}
+        kwargs = {**kwargs, "lesion_map": True, "lesion_map_stride": args.lesion_map_stride}
         criterion = LesionMapLoss(criterion, _lesion_map_weight(args))
     seed_everything(args.seed + rank, args.deterministic)  # a new head's (or a scratch model's) initial weights
     model = _build_model(args, model_name, kwargs)

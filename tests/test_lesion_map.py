@@ -174,18 +174,51 @@ def test_the_head_adds_grid_logits_in_training_and_nothing_in_eval() -> None:
     assert all(id(p) in head for p in model.lesion_head.parameters())
 
 
-@pytest.mark.parametrize("task", ["cla", "fea"])
+def test_a_finer_map_adds_the_skip_logits_to_the_upsampled_stride_32_ones() -> None:
+    torch.manual_seed(0)
+    model = create_model("tf_efficientnet_lite0", num_classes=4, lesion_map=True, lesion_map_stride=16).train()
+    for head in (model.lesion_head, model.skip_head):
+        torch.nn.init.normal_(head.weight, std=0.1)
+    kept = []
+    model.net.blocks[4].register_forward_hook(lambda module, inputs, output: kept.append(output))  # stride 16
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        map_logits = model.lesion_map(x)
+        coarse = model.lesion_head(model.net.forward_features(x))
+        expected = model.skip_head(kept[-1]) + F.interpolate(coarse, size=(4, 4), mode="bilinear")
+    assert map_logits.shape == (2, 4, 4)
+    assert torch.allclose(map_logits, expected.squeeze(1), atol=1e-6)
+    assert model(x)[1].shape == (2, 4, 4)
+    model.eval()
+    assert torch.equal(model(x), model.net(x))
+    head = {id(p) for p in param_groups(model)["head"]}
+    assert all(id(p) in head for p in model.skip_head.parameters())
+
+
+def test_a_finer_map_needs_a_trunk_that_names_its_levels() -> None:
+    with pytest.raises(ValueError, match="MyConvNeXt names no stride-8 features .*can only be stride 32"):
+        create_model("my_convnext", num_classes=4, lesion_map=True, lesion_map_stride=8)
+
+
+DENSENET_ARGS = ["--model", "densenet121", "--model-kwargs", '{"growth_rate": 8, "block_config": [1, 1, 1, 1]}']
+
+
+@pytest.mark.parametrize(("task", "model_args", "stride"), [
+    ("cla", ["--model", "convnext_atto"], 32),
+    ("cla", ["--model", "tf_efficientnet_lite0"], 16),
+    ("fea", DENSENET_ARGS, 32),
+])
 def test_a_lesion_map_run_checkpoints_a_model_that_predicts_as_before(
-    phantom_small: Path, tmp_path: Path, task: str
+    phantom_small: Path, tmp_path: Path, task: str, model_args: list[str], stride: int
 ) -> None:
     out = tmp_path / task
-    model_args = (["--model", "convnext_atto"] if task == "cla" else
-                  ["--model", "densenet121", "--model-kwargs", '{"growth_rate": 8, "block_config": [1, 1, 1, 1]}'])
     run(["--data", str(phantom_small), "--out", str(out), "--epochs", "1", *model_args, "--img-size", "64",
-         "--batch-size", "16", "--workers", "0", "--cutmix", "0.5", "--lesion-map", "0.5"], task)
+         "--batch-size", "16", "--workers", "0", "--cutmix", "0.5", "--lesion-map", "0.5",
+         "--lesion-map-stride", str(stride)], task)
     model, config = load_checkpoint(out / "best.safetensors")
-    assert config.model_kwargs["lesion_map"] is True
+    assert config.model_kwargs["lesion_map"] is True and config.model_kwargs["lesion_map_stride"] == stride
     assert "lesion_head.weight" in dict(model.named_parameters())
+    assert model.lesion_map(torch.zeros(1, 3, 64, 64)).shape == (1, 64 // stride, 64 // stride)
     expected = (1, len(config.labels)) if task == "cla" else (1, len(config.labels), 2)
     assert model(torch.zeros(1, 3, 64, 64)).shape == expected
 

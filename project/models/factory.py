@@ -68,14 +68,17 @@ class LoadReport:
         )
 
 
-def create_model(name: str, pretrained: bool = False, lesion_map: bool = False, **kwargs) -> nn.Module:
+def create_model(
+    name: str, pretrained: bool = False, lesion_map: bool = False, lesion_map_stride: int = 32, **kwargs
+) -> nn.Module:
     """'my_convnext', 'my_densenet' or any timm model name (resnet50, densenet121, ...).
 
     kwargs go to the builder (num_classes for all). With pretrained, the ImageNet weights of the
     matching timm model come from its weights package when one exists (tf_efficientnet_lite0/1/2,
     no network needed), else from timm's hub (or its local cache). Every pretrained tensor but the
     classifier must load; the classifier is re-initialised when the class count differs. With
-    lesion_map, the model gets an auxiliary lesion-map head (project.models.lesion_map) after that.
+    lesion_map, the model gets an auxiliary lesion-map head (project.models.lesion_map) after that, on
+    the grid of `lesion_map_stride` (32, 16 or 8).
     """
     model = _build(name, **kwargs)
     if pretrained:
@@ -84,7 +87,7 @@ def create_model(name: str, pretrained: bool = False, lesion_map: bool = False, 
     if lesion_map:
         from project.models.lesion_map import WithLesionMap  # it builds on this module's param_groups
 
-        model = WithLesionMap(model)
+        model = WithLesionMap(model, lesion_map_stride)
     return model
 
 
