@@ -28,15 +28,13 @@ from project.testb import main as run_py
 from project.training import run as train
 
 
-def test_the_box_is_the_centroid_and_spread_of_the_peak_region() -> None:
+def test_the_box_bounds_the_region_joined_to_the_peak() -> None:
     probs = np.zeros((7, 7))
     probs[1:3, 2:5] = 0.9  # the lesion: rows 1-2, columns 2-4
-    probs[6, 6] = 0.8  # a bright cell not joined to the peak
     probs[1, 2] = 1.0  # the peak
-    cx, cy, w, h = box_from_map(probs)
-    assert cx == pytest.approx((3.5 - 0.1 * 1 / 6.0) / 7, abs=0.02) and cy == pytest.approx(2 / 7, abs=0.02)
-    assert w * 7 == pytest.approx(3, abs=0.05)  # three cells wide
-    assert h * 7 == pytest.approx(2, abs=0.05)  # two cells tall
+    probs[3, 2] = 0.3  # joined to the lesion but under 0.4 of the peak
+    probs[6, 6] = 0.8  # a bright cell not joined to the peak
+    assert box_from_map(probs) == pytest.approx((3.5 / 7, 2 / 7, 3 / 7, 2 / 7))
     assert box_from_map(np.zeros((7, 7))) == (0.5, 0.5, 1.0, 1.0)
     single = np.zeros((7, 7))
     single[3, 3] = 0.9
