@@ -52,7 +52,6 @@ class WithLesionMap(nn.Module):
     def __init__(self, net: nn.Module, stride: int = FINAL_STRIDE) -> None:
         super().__init__()
         self.net = net
-        self.stride = stride
         self.pretrained_cfg = getattr(net, "pretrained_cfg", None)
         self.lesion_head = _zero_conv(net.num_features)
         self.skip_index: int | None = None
