@@ -99,6 +99,21 @@ def test_a_localiser_box_maps_back_through_cut_black_onto_the_file(tmp_path: Pat
     assert (w * 120, h * 100) == pytest.approx((40, 20))
 
 
+def test_the_map_is_read_at_the_input_resolution_so_a_box_edge_can_fall_inside_a_cell(tmp_path: Path) -> None:
+    Image.fromarray(np.random.default_rng(0).integers(60, 120, (128, 128), dtype=np.uint8)).save(tmp_path / "a.png")
+    model = create_model("convnext_atto", num_classes=4, lesion_map=True).eval()
+    cells = torch.full((1, 4, 4), -20.0)
+    cells[0, :, 1] = 20.0  # a sure lesion column of cells (x 32..64) ...
+    cells[0, :, 2] = 0.0  # ... beside one at probability 0.5: above 0.4 of the peak at its centre only
+    model.lesion_map = lambda x: cells.expand(len(x), -1, -1)
+    member = Member(model, CheckpointConfig("cla", "convnext_atto", {}, ["2", "3", "4", "5"], {}),
+                    Preprocess(img_size=128), tmp_path / "localiser.safetensors")
+    (cx, _, w, _), = locate_lesions([tmp_path / "a.png"], member, torch.device("cpu"))[0]
+    # Read cell by cell the box would span x 32..96; bilinearly, the 0.4 share is crossed just past
+    # the half-cell's centre (x 80), and near the cell edge (x 32) on the sure side.
+    assert ((cx - w / 2) * 128, (cx + w / 2) * 128) == pytest.approx((32, 81), abs=1)
+
+
 def test_only_a_lesion_map_model_locates(tmp_path: Path) -> None:
     member = Member(create_model("convnext_atto", num_classes=4).eval(),
                     CheckpointConfig("cla", "convnext_atto", {}, ["2", "3", "4", "5"], {}),
