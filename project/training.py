@@ -248,6 +248,8 @@ def _check_lesion_boxes(args: argparse.Namespace, samples: Sequence[Sample]) -> 
 
 def prepare(args: argparse.Namespace, name: str, rank: int = 0, world_size: int = 1) -> Setup:
     """Data, split, datasets, loss, model and configs for the task `name` as the parsed arguments say."""
+    if getattr(args, "lesion_map_stride", 32) != 32 and _lesion_map_weight(args) <= 0:
+        raise SystemExit("--lesion-map-stride shapes the lesion-map head: it needs --lesion-map W (W > 0)")
     task, samples = load_task_data(args, name)
     train_samples, val_samples = split_samples(samples, args)
     _check_lesion_boxes(args, samples)

@@ -229,6 +229,12 @@ def test_a_lesion_map_cannot_go_with_mixup(phantom_small: Path, tmp_path: Path) 
              "--lesion-map", "1", "--mixup", "0.2"], "cla")
 
 
+def test_a_map_stride_without_a_lesion_map_is_refused(phantom_small: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--lesion-map-stride .* needs --lesion-map"):
+        run(["--data", str(phantom_small), "--out", str(tmp_path / "run"), "--model", "convnext_atto",
+             "--lesion-map-stride", "16"], "cla")
+
+
 def test_the_cache_keeps_known_maps_and_unknown_ones_stay_unknown(tmp_path: Path) -> None:
     samples = _lesion_samples(tmp_path)
     samples[1].box = samples[1].mask = None
