@@ -8,9 +8,10 @@ back through CutBlack onto the file, where a `--lesion-crop` model crops it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from project.data.layout import Box
 from project.data.transforms import uncrop_box, yolo_to_xyxy
 from project.models.lesion_map import WithLesionMap
-from project.predict import ImageFolderDataset, Member, collate_images
+from project.predict import Frame, ImageFolderDataset, Member, collate_images
 from project.runtime import make_loader
 
 # Pixels joined to the peak with at least this share of its probability make up the lesion. Chosen on
@@ -28,18 +29,23 @@ from project.runtime import make_loader
 PEAK_SHARE = 0.4
 
 
-def box_from_map(probs: np.ndarray) -> Box:
-    """A YOLO box, normalised to the map's frame, from an h x w map of lesion probabilities.
-
-    The lesion is the pixels 4-connected to the most probable one whose probability is at least
-    PEAK_SHARE of its; the box bounds them. A map with no probability anywhere gives the whole frame.
-    """
-    rows, cols = probs.shape
+def peak_region(probs: np.ndarray) -> np.ndarray:
+    """The lesion in an h x w map of lesion probabilities: the pixels 4-connected to the most probable one
+    whose probability is at least PEAK_SHARE of its (a bool map; all False where no pixel is probable)."""
     if probs.max() <= 0:
-        return 0.5, 0.5, 1.0, 1.0
+        return np.zeros(probs.shape, dtype=bool)
     regions, _ = ndimage.label(probs >= PEAK_SHARE * probs.max())
-    peak = np.unravel_index(int(np.argmax(probs)), probs.shape)
-    span_y, span_x = ndimage.find_objects(regions)[regions[peak] - 1]
+    return regions == regions[np.unravel_index(int(np.argmax(probs)), probs.shape)]
+
+
+def box_from_map(probs: np.ndarray) -> Box:
+    """A YOLO box, normalised to the map's frame, bounding the map's peak_region; the whole frame for a map
+    with no probability anywhere."""
+    region = peak_region(probs)
+    if not region.any():
+        return 0.5, 0.5, 1.0, 1.0
+    rows, cols = probs.shape
+    span_y, span_x = ndimage.find_objects(region.astype(np.int32))[0]
     return ((span_x.start + span_x.stop) / 2 / cols, (span_y.start + span_y.stop) / 2 / rows,
             (span_x.stop - span_x.start) / cols, (span_y.stop - span_y.start) / rows)
 
@@ -63,13 +69,13 @@ def check_localiser(member: Member) -> None:
 
 
 @torch.inference_mode()
-def locate_lesions(
-    paths: Sequence[Path], localiser: Member, device: torch.device, batch_size: int = 32, workers: int = 0,
-) -> tuple[list[Box | None], dict[int, str]]:
-    """Each file's lesion box in its own coordinates (None where unreadable), and why the others failed."""
+def _input_maps(
+    paths: Sequence[Path], localiser: Member, device: torch.device, batch_size: int, workers: int,
+    errors: dict[int, str],
+) -> Iterator[tuple[int, np.ndarray, Frame]]:
+    """(index, lesion probabilities at the input's resolution, frame) of each readable file; the others'
+    reasons go into `errors`."""
     check_localiser(localiser)
-    boxes: list[Box | None] = [None] * len(paths)
-    errors: dict[int, str] = {}
     dataset = ImageFolderDataset(paths, localiser.preprocess, framed=True)
     loader = make_loader(dataset, batch_size, workers, collate_fn=collate_images)
     for indices, images, bad, frames in tqdm(loader, desc="localise", unit="batch", leave=False,
@@ -81,6 +87,31 @@ def locate_lesions(
         logits = localiser.model.lesion_map(images.to(device)).float().unsqueeze(1)
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         maps = torch.sigmoid(logits).squeeze(1).cpu().numpy()
-        for index, (bounds, shape), probs in zip(indices, frames, maps, strict=True):
-            boxes[index] = uncrop_box(box_from_map(probs), bounds, shape)
+        yield from zip(indices, maps, frames, strict=True)
+
+
+def locate_lesions(
+    paths: Sequence[Path], localiser: Member, device: torch.device, batch_size: int = 32, workers: int = 0,
+) -> tuple[list[Box | None], dict[int, str]]:
+    """Each file's lesion box in its own coordinates (None where unreadable), and why the others failed."""
+    boxes: list[Box | None] = [None] * len(paths)
+    errors: dict[int, str] = {}
+    for index, probs, (bounds, shape) in _input_maps(paths, localiser, device, batch_size, workers, errors):
+        boxes[index] = uncrop_box(box_from_map(probs), bounds, shape)
     return boxes, errors
+
+
+def lesion_probability_maps(
+    paths: Sequence[Path], localiser: Member, device: torch.device, batch_size: int = 32, workers: int = 0,
+) -> tuple[list[np.ndarray | None], dict[int, str]]:
+    """Each file's lesion probabilities, pixel by pixel of the file (0 outside CutBlack's crop; None where
+    unreadable), and why the others failed."""
+    maps: list[np.ndarray | None] = [None] * len(paths)
+    errors: dict[int, str] = {}
+    for index, probs, ((top, bottom, left, right), shape) in _input_maps(paths, localiser, device, batch_size,
+                                                                          workers, errors):
+        canvas = np.zeros(shape, dtype=np.float32)
+        canvas[top:bottom, left:right] = cv2.resize(probs, (right - left, bottom - top),
+                                                    interpolation=cv2.INTER_LINEAR)
+        maps[index] = canvas
+    return maps, errors

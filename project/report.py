@@ -573,14 +573,22 @@ def cross_validation_report(runs: Sequence[Path], out: Path, data: Path | None =
         raise ReportError(f"run folder names must differ, got {names}")
     out = Path(out)
     metrics = {name: build_report(Path(run), out / name, data, **options) for name, run in zip(names, runs)}
+    return write_cv_tables(out, metrics, {name: m["split"] for name, m in metrics.items()})
+
+
+def write_cv_tables(
+    out: Path, metrics: Mapping[str, Mapping], splits: Mapping[str, str], fold_page: str = "index.html",
+) -> list[dict]:
+    """OUT/cv.md, cv.csv, cv.json and index.html (linking each fold's OUT/<fold>/FOLD_PAGE) from each fold's
+    metrics (its 'cla' and 'malignancy')."""
     rows = summarise_folds(metrics)
     table = format_cv_table(rows, metrics)
     atomic_write_text(out / "cv.md", table)
     columns = ["fold", "n", *CV_COLUMNS]
     atomic_write_csv(out / "cv.csv", columns, [[r[c] for c in columns] for r in rows])
     atomic_write_text(out / "cv.json", json.dumps(rows, indent=2) + "\n")
-    links = "".join(f"<li><a href='{html.escape(n)}/index.html'>{html.escape(n)}</a>: "
-                    f"{html.escape(metrics[n]['split'])}</li>" for n in names)
+    links = "".join(f"<li><a href='{html.escape(n)}/{fold_page}'>{html.escape(n)}</a>: "
+                    f"{html.escape(split)}</li>" for n, split in splits.items())
     header = ["fold", "images", *CV_COLUMNS.values()]
     body = [[r["fold"], r["n"], *(_fmt(r[c]) for c in CV_COLUMNS)] for r in rows]
     page = _html_page("Cross-validation", _html_table(header, body) + f"<ul>{links}</ul>")

@@ -19,7 +19,7 @@ from project.data.transforms import (
     lesion_bounds,
     uncrop_box,
 )
-from project.localise import box_from_map, box_iou, locate_lesions
+from project.localise import box_from_map, box_iou, lesion_probability_maps, locate_lesions, peak_region
 from project.models.checkpoint import CheckpointConfig, load_checkpoint
 from project.models.factory import create_model
 from project.predict import Member, load_members, predict_folder
@@ -97,6 +97,27 @@ def test_a_localiser_box_maps_back_through_cut_black_onto_the_file(tmp_path: Pat
     cx, cy, w, h = boxes[0]
     assert (cx * 120, cy * 100) == pytest.approx((100, 30))
     assert (w * 120, h * 100) == pytest.approx((40, 20))
+
+
+def test_the_lesion_map_is_laid_back_onto_the_file_pixel_by_pixel(tmp_path: Path) -> None:
+    image = np.zeros((100, 120), np.uint8)
+    image[20:100, 40:120] = np.random.default_rng(0).integers(60, 120, (80, 80), dtype=np.uint8)  # black borders
+    Image.fromarray(image).save(tmp_path / "framed.png")
+    model = create_model("convnext_atto", num_classes=4, lesion_map=True).eval()
+    cells = torch.full((1, 4, 4), -20.0)
+    cells[0, 0, 2:4] = 20.0  # the top row's right half of the 80 x 80 field: x 80..120, y 20..40 of the file
+    model.lesion_map = lambda x: cells.expand(len(x), -1, -1)
+    member = Member(model, CheckpointConfig("cla", "convnext_atto", {}, ["2", "3", "4", "5"], {}),
+                    Preprocess(img_size=128), tmp_path / "localiser.safetensors")
+    maps, errors = lesion_probability_maps([tmp_path / "framed.png", tmp_path / "missing.png"], member,
+                                           torch.device("cpu"))
+    assert maps[1] is None and list(errors) == [1]
+    probs = maps[0]
+    assert probs.shape == (100, 120) and probs[:20].max() == 0 and probs[:, :40].max() == 0
+    assert probs[30, 100] > 0.99 and probs[70, 60] < 0.01
+    rows, cols = np.nonzero(peak_region(probs))
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == pytest.approx((20, 39, 80, 119), abs=2)
+    assert not peak_region(np.zeros((5, 5))).any()
 
 
 def test_the_map_is_read_at_the_input_resolution_so_a_box_edge_can_fall_inside_a_cell(tmp_path: Path) -> None:

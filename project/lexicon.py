@@ -1,0 +1,283 @@
+"""Lesion descriptors after the BI-RADS ultrasound lexicon, measured on a lesion mask, and a classifier on them.
+
+The lexicon (ACR BI-RADS Atlas, 5th edition, 2013) grades a mass by its shape, orientation, margin,
+echo pattern and posterior features. Each descriptor below measures one of them on the lesion's
+outline and on the pixels in and around it, as morphometric CAD studies of breast ultrasound do. A
+class-balanced logistic regression on them is a transparent classifier; `python -m project.lexicon`
+cross-validates it on a dataset's folds, from the labelled masks or from the maps of each fold's
+localiser, alone or averaged with a classifier's report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
+
+from project.data.imageio import ImageReadError, read_image
+from project.data.layout import Sample, load_split
+from project.data.transforms import read_mask
+from project.fileio import atomic_write_text
+from project.localise import lesion_probability_maps, peak_region
+from project.predict import Predictions, average_over_lesions, load_members
+from project.report import (
+    ReportError,
+    Validation,
+    lesions_from_metadata,
+    malignancy,
+    write_cv_tables,
+    write_prediction_files,
+)
+from project.runfolder import VALIDATION_FILE
+from project.runtime import resolve_device
+
+RING_PX = 7  # width of the band of tissue around the lesion that its echo is compared with
+
+DESCRIPTORS = (
+    "area_share", "log_area", "depth",  # size and position
+    "circularity", "solidity", "ellipse_overlap", "extent", "eccentricity",  # shape
+    "height_to_width",  # orientation: above 1 is "not parallel"
+    "convexity", "edge_strength", "edge_variation",  # margin
+    "echo_mean", "echo_spread", "contrast", "surround_spread",  # echo pattern
+    "posterior",  # posterior features: positive is enhancement, negative shadowing
+)
+
+
+def _largest_outline(mask: np.ndarray) -> np.ndarray:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return max(contours, key=cv2.contourArea)
+
+
+Ellipse = tuple[tuple[float, float], tuple[float, float], float]  # OpenCV's (centre, axes, angle)
+
+
+def _ellipse(outline: np.ndarray, x: int, y: int, w: int, h: int) -> Ellipse:
+    """The least-squares ellipse of the outline, or the box's inscribed one for outlines too short to fit."""
+    if len(outline) >= 5:
+        return cv2.fitEllipse(outline)
+    return (x + w / 2, y + h / 2), (float(w), float(h)), 0.0
+
+
+def _posterior(grey: np.ndarray, x: int, y: int, w: int, h: int) -> float:
+    """Mean echo in the lesion-high band below the lesion minus that beside the band (0 where there is none)."""
+    rows = slice(min(y + h, grey.shape[0]), min(y + 2 * h, grey.shape[0]))
+    below = grey[rows, x:x + w]
+    beside = np.concatenate([grey[rows, max(0, x - w):x].ravel(), grey[rows, x + w:x + 2 * w].ravel()])
+    if below.size == 0 or beside.size == 0:
+        return 0.0
+    return float(below.mean() - beside.mean())
+
+
+def lesion_descriptors(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """DESCRIPTORS of the lesion `mask` (H x W, nonzero inside) on `image` (H x W or H x W x 3, 0-255).
+
+    Only the largest connected part of the mask is described. Raises ValueError for an empty mask.
+    """
+    grey = (image.mean(axis=2) if image.ndim == 3 else image).astype(np.float32) / 255
+    if not np.any(mask):
+        raise ValueError("the lesion mask is empty")
+    outline = _largest_outline(mask)
+    lesion = np.zeros(grey.shape, np.uint8)
+    cv2.drawContours(lesion, [outline], -1, 1, thickness=cv2.FILLED)
+    inside = lesion.astype(bool)
+    area = float(inside.sum())
+    perimeter = max(cv2.arcLength(outline, closed=True), 1.0)
+    hull = cv2.convexHull(outline)
+    x, y, w, h = cv2.boundingRect(outline)
+    centre, axes, angle = _ellipse(outline, x, y, w, h)
+    fitted = np.zeros_like(lesion)
+    cv2.ellipse(fitted, (centre, (max(axes[0], 1.0), max(axes[1], 1.0)), angle), 1, thickness=cv2.FILLED)
+    fitted = fitted.astype(bool)
+    kernel = np.ones((2 * RING_PX + 1, 2 * RING_PX + 1), np.uint8)
+    ring = cv2.dilate(lesion, kernel).astype(bool) & ~inside
+    edge = cv2.morphologyEx(lesion, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).astype(bool)
+    gradient = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))[edge]
+    surround = grey[ring] if ring.any() else grey[inside]
+    minor, major = sorted(axes)
+    return {
+        "area_share": area / grey.size, "log_area": float(np.log1p(area)), "depth": (y + h / 2) / grey.shape[0],
+        "circularity": 4 * np.pi * area / perimeter**2,
+        "solidity": area / max(cv2.contourArea(hull), 1.0),
+        "ellipse_overlap": float((fitted & inside).sum() / max((fitted | inside).sum(), 1)),
+        "extent": area / (w * h),
+        "eccentricity": float(np.sqrt(max(0.0, 1 - (minor / major) ** 2))) if major > 0 else 0.0,
+        "height_to_width": h / w,
+        "convexity": cv2.arcLength(hull, closed=True) / perimeter,
+        "edge_strength": float(gradient.mean()), "edge_variation": float(gradient.std() / (gradient.mean() + 1e-6)),
+        "echo_mean": float(grey[inside].mean()), "echo_spread": float(grey[inside].std()),
+        "contrast": float(surround.mean() - grey[inside].mean()), "surround_spread": float(surround.std()),
+        "posterior": _posterior(grey, x, y, w, h),
+    }
+
+
+def descriptor_vector(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    described = lesion_descriptors(image, mask)
+    return np.array([described[name] for name in DESCRIPTORS], dtype=np.float64)
+
+
+def lexicon_classifier(seed: int = 0) -> Pipeline:
+    """Standardised descriptors into a class-balanced multinomial logistic regression."""
+    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000,
+                                                              random_state=seed))
+
+
+def describe_labelled(samples: Sequence[Sample]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Descriptors of each sample's labelled mask by image name, and why the others have none."""
+    found, errors = {}, {}
+    for sample in tqdm(samples, desc="describing labelled masks", unit="image", leave=False):
+        if sample.mask is None:
+            errors[sample.path.name] = "no labelled mask"
+            continue
+        try:
+            image = read_image(sample.path, max_side=None)
+            found[sample.path.name] = descriptor_vector(image, read_mask(sample.mask, image.shape[:2]))
+        except (ImageReadError, ValueError) as exc:
+            errors[sample.path.name] = str(exc)
+    return found, errors
+
+
+def describe_located(
+    samples: Sequence[Sample], localiser: Path, device: torch.device,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Descriptors of the lesion a localiser's map finds in each image (project.localise.peak_region)."""
+    member = load_members([localiser], device)[0]
+    maps, errors = lesion_probability_maps([s.path for s in samples], member, device)
+    found, reasons = {}, {samples[i].path.name: why for i, why in errors.items()}
+    for sample, probs in zip(samples, maps, strict=True):
+        if probs is not None:
+            found[sample.path.name] = descriptor_vector(read_image(sample.path, max_side=None), peak_region(probs))
+    return found, reasons
+
+
+def _fold_samples(samples: Sequence[Sample], root: Path) -> dict[int, list[Sample]]:
+    folds: dict[int, list[Sample]] = {}
+    for sample in samples:
+        if sample.label is not None and sample.fold is not None:
+            folds.setdefault(sample.fold, []).append(sample)
+    if len(folds) < 2:
+        raise ReportError(f"{root}: the lexicon's cross-validation needs the dataset's fold column with two folds "
+                          f"or more (found {sorted(folds)})")
+    return dict(sorted(folds.items()))
+
+
+def _report_probs(report_fold: Path, val: Sequence[Sample], names: Sequence[str]) -> np.ndarray:
+    """The probabilities a classifier's report (project.report) on the fold `val` gave `names`, in this order."""
+    path = report_fold / "predictions.csv"
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = {row["img_name"]: row for row in csv.DictReader(handle)}
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read ({exc.strerror})") from None
+    missing = sorted(set(names) - set(rows))
+    if missing or len(rows) != len(val):
+        raise ReportError(f"{path}: scores other images than this fold's ({len(rows)} against {len(val)}; "
+                          f"missing {missing[:5]})")
+    width = sum(1 for key in next(iter(rows.values())) if key.startswith("prob_"))
+    return np.array([[float(rows[n][f"prob_{k}"]) for k in range(width)] for n in names])
+
+
+def cross_validate(
+    data: Path, out: Path, localiser_from: Path | None = None, with_report: Path | None = None,
+    lesion_column: str | None = None, device: str = "auto",
+) -> list[dict]:
+    """The lexicon classifier fitted on the labelled masks of all folds but one, scored on that one.
+
+    Fold k (in the order of the dataset's fold numbers) is described by its labelled masks, or by the
+    maps of LOCALISER_FROM/fold<k>/best.safetensors; WITH_REPORT/fold<k>/predictions.csv, a
+    classifier's report on the same fold, is averaged in with equal weight. Writes OUT/fold<k>/ as
+    project.report does (predictions.csv, pred/, gt/, metrics.json) and OUT/cv.md, cv.csv, cv.json.
+    """
+    data, out = Path(data), Path(out)
+    scan, config = load_split(data)
+    folds = _fold_samples(scan.samples, data)
+    labelled, skipped = describe_labelled([s for fold in folds.values() for s in fold])
+    torch_device = resolve_device(device)
+    metrics_by_fold, splits = {}, {}
+    for k, (fold, val) in enumerate(folds.items()):
+        name = f"fold{k}"
+        train = [s for other, samples in folds.items() if other != fold for s in samples
+                 if s.path.name in labelled]
+        model = lexicon_classifier().fit(np.stack([labelled[s.path.name] for s in train]),
+                                         np.array([s.label for s in train]))
+        if localiser_from is not None:
+            localiser = Path(localiser_from) / name / "best.safetensors"
+            _check_localiser_fold(Path(localiser_from) / name, val)
+            described, reasons = describe_located(val, localiser, torch_device)
+        else:
+            described, reasons = {n: labelled[n] for n in (s.path.name for s in val) if n in labelled}, {}
+        scored = [s for s in val if s.path.name in described]
+        probs = model.predict_proba(np.stack([described[s.path.name] for s in scored]))
+        probs = _all_classes(probs, model.classes_, len(config.classes))
+        if with_report is not None:
+            probs = (probs + _report_probs(Path(with_report) / name, val, [s.path.name for s in scored])) / 2
+        if lesion_column:
+            lesion_of = lesions_from_metadata(scored, lesion_column, data)
+            probs = average_over_lesions(Predictions([s.path.name for s in scored], probs), lesion_of).probs
+        fold_skipped = {**{s.path.name: skipped[s.path.name] for s in val if s.path.name in skipped}, **reasons}
+        split = f"official fold {fold}, lexicon fitted on folds {[f for f in folds if f != fold]}"
+        validation = Validation(samples=scored, probs=probs, classes=list(config.classes), members=[],
+                                skipped=fold_skipped, split=split, data=data)
+        metrics = {"data": str(data), "split": split, "masks": str(localiser_from or "labelled"),
+                   "with_report": str(with_report) if with_report else None, "lesion_column": lesion_column,
+                   "classes": list(config.classes), "skipped": fold_skipped,
+                   "cla": write_prediction_files(validation, out / name), "malignancy": malignancy(validation)}
+        atomic_write_text(out / name / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+        metrics_by_fold[name], splits[name] = metrics, split
+    return write_cv_tables(out, metrics_by_fold, splits, fold_page="metrics.json")
+
+
+def _check_localiser_fold(run: Path, val: Sequence[Sample]) -> None:
+    """Refuse a localiser whose validation images are not the fold's: it would have trained on them."""
+    path = run / VALIDATION_FILE
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            names = {Path(row["file"]).name for row in csv.DictReader(handle)}
+    except (OSError, KeyError) as exc:
+        raise ReportError(f"{path}: cannot read the localiser's validation images ({exc!r})") from None
+    if names != {s.path.name for s in val}:
+        raise ReportError(f"{path}: the localiser validated on other images than this fold's; it may have "
+                          "trained on the images it would describe")
+
+
+def _all_classes(probs: np.ndarray, seen: np.ndarray, width: int) -> np.ndarray:
+    """Probabilities over all `width` classes from a model that saw only the classes `seen`."""
+    full = np.zeros((len(probs), width))
+    full[:, seen] = probs
+    return full
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="dataset root with masks/ folders and a fold column")
+    parser.add_argument("--out", type=Path, required=True, help="report folder (fold<k>/ and cv.md, cv.json)")
+    parser.add_argument("--localiser-from", type=Path, metavar="DIR",
+                        help="describe each fold's lesion from DIR/fold<k>'s lesion map instead of its labelled mask")
+    parser.add_argument("--with-report", type=Path, metavar="REPORT",
+                        help="average with a project.report --cv folder of the same folds")
+    parser.add_argument("--lesion-column", metavar="COLUMN", help="score the images of one lesion with their mean")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    try:
+        rows = cross_validate(args.data, args.out, args.localiser_from, args.with_report, args.lesion_column,
+                              args.device)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    mean = rows[-2]
+    print(f"macro-F1 {mean['macro_f1']:.4f}, kappa {mean['kappa']:.4f}; the table: {args.out / 'cv.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""Lexicon descriptors of a lesion mask, the classifier on them, and its cross-validation on a dataset's folds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from project.data.layout import class_folder_name, label_line
+from project.lexicon import DESCRIPTORS, cross_validate, descriptor_vector, lesion_descriptors, lexicon_classifier
+from project.lexicon import main as lexicon_main
+from project.phantom import LesionFeatures, render_image
+
+
+def _ellipse_mask(shape: tuple[int, int], centre: tuple[int, int], axes: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, thickness=-1)
+    return mask
+
+
+def _star_mask(shape: tuple[int, int], centre: tuple[int, int], outer: int, inner: int, points: int = 7) -> np.ndarray:
+    angles = np.linspace(0, 2 * np.pi, 2 * points, endpoint=False)
+    radii = np.where(np.arange(2 * points) % 2 == 0, outer, inner)
+    polygon = np.stack([centre[0] + radii * np.cos(angles), centre[1] + radii * np.sin(angles)], 1).astype(np.int32)
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [polygon], 1)
+    return mask
+
+
+def test_shape_orientation_and_margin_descriptors_follow_the_outline() -> None:
+    image = np.full((120, 120), 128, np.uint8)
+    disc = lesion_descriptors(image, _ellipse_mask((120, 120), (60, 50), (20, 20)))
+    tall = lesion_descriptors(image, _ellipse_mask((120, 120), (60, 50), (10, 25)))
+    wide = lesion_descriptors(image, _ellipse_mask((120, 120), (60, 50), (25, 10)))
+    star = lesion_descriptors(image, _star_mask((120, 120), (60, 50), 30, 12))
+    assert disc["circularity"] > 0.85 and disc["solidity"] > 0.95 and disc["convexity"] > 0.95
+    assert disc["height_to_width"] == pytest.approx(1.0, abs=0.05)
+    assert disc["ellipse_overlap"] > 0.95 and disc["eccentricity"] < 0.2
+    assert tall["height_to_width"] > 2 > 0.5 > wide["height_to_width"]
+    assert tall["eccentricity"] > 0.85
+    assert star["solidity"] < 0.7 and star["convexity"] < disc["convexity"] - 0.1
+    assert star["circularity"] < disc["circularity"] - 0.3
+    assert disc["area_share"] == pytest.approx(np.pi * 20 * 20 / 120**2, rel=0.05)
+    assert disc["depth"] == pytest.approx(50 / 120, abs=0.01)
+
+
+def test_echo_and_posterior_descriptors_follow_the_pixels() -> None:
+    mask = _ellipse_mask((120, 120), (60, 40), (15, 10))
+    image = np.full((120, 120), 160, np.uint8)
+    image[mask.astype(bool)] = 40
+    described = lesion_descriptors(image, mask)
+    assert described["echo_mean"] == pytest.approx(40 / 255, abs=1e-6)
+    assert described["contrast"] == pytest.approx(120 / 255, abs=1e-6)
+    assert described["echo_spread"] == pytest.approx(0, abs=1e-6)
+    shadowed, enhanced = image.copy(), image.copy()
+    shadowed[51:71, 45:76] = 60  # the lesion-high band behind it, as wide as the lesion
+    enhanced[51:71, 45:76] = 220
+    assert lesion_descriptors(shadowed, mask)["posterior"] < -0.3
+    assert lesion_descriptors(enhanced, mask)["posterior"] > 0.2
+    assert described["posterior"] == pytest.approx(0, abs=1e-6)
+    assert lesion_descriptors(np.stack([image] * 3, axis=2), mask) == pytest.approx(described)
+
+
+def test_an_empty_mask_is_refused() -> None:
+    with pytest.raises(ValueError, match="the lesion mask is empty"):
+        lesion_descriptors(np.zeros((32, 32), np.uint8), np.zeros((32, 32), np.uint8))
+
+
+def test_the_classifier_learns_a_phantom_lesions_shape_from_its_descriptors() -> None:
+    """Phantom lesions (project.phantom) whose only difference is an irregular or an oval outline."""
+    rng = np.random.default_rng(0)
+    vectors, labels = [], []
+    for index in range(80):
+        shape = index % 2
+        rendered = render_image(LesionFeatures(0, 0, 0, shape), 128, rng)
+        vectors.append(descriptor_vector(rendered.pixels, rendered.lesion_mask))
+        labels.append(shape)
+    x, y = np.stack(vectors), np.array(labels)
+    model = lexicon_classifier().fit(x[:50], y[:50])
+    assert (model.predict(x[50:]) == y[50:]).mean() >= 0.8
+
+
+CLASSES = ["2", "3", "4", "5"]
+
+
+def _outline(label: int, rng: np.random.Generator) -> np.ndarray:
+    """Class 0 a disc, 1 a wide oval, 2 a tall oval, 3 a star, each with a random size and place."""
+    centre = (int(rng.integers(45, 75)), int(rng.integers(40, 60)))
+    scale = rng.uniform(0.8, 1.2)
+    if label == 3:
+        return _star_mask((120, 120), centre, int(28 * scale), int(12 * scale))
+    axes = {0: (18, 18), 1: (26, 11), 2: (11, 26)}[label]
+    return _ellipse_mask((120, 120), centre, (int(axes[0] * scale), int(axes[1] * scale)))
+
+
+@pytest.fixture(scope="module")
+def outlined(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset in the challenge layout with masks and two folds: the class is the lesion's outline."""
+    root = tmp_path_factory.mktemp("outlined")
+    rng = np.random.default_rng(1)
+    rows = ["image,patient,fold"]
+    for index in range(48):
+        label = index % 4
+        folder = root / "train" / "cla" / class_folder_name(CLASSES[label])
+        for sub in ("images", "labels", "masks"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        mask = _outline(label, rng)
+        image = rng.integers(110, 170, (120, 120)).astype(np.uint8)
+        image[mask.astype(bool)] = rng.integers(20, 60)
+        name = f"case_{index:03d}.png"
+        Image.fromarray(image).save(folder / "images" / name)
+        Image.fromarray(mask * 255).save(folder / "masks" / name)
+        (folder / "labels" / f"case_{index:03d}.txt").write_text(label_line(label + 1, (0.5, 0.5, 0.4, 0.4)))
+        rows.append(f"{name},{index},{1 + index // 4 % 2}")
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    (root / "dataset.yaml").write_text(yaml.safe_dump(
+        {"classes": CLASSES, "metadata": "metadata.csv", "group_column": "patient", "fold_column": "fold"}))
+    return root
+
+
+def test_cross_validation_fits_on_the_other_folds_and_scores_each(outlined: Path, tmp_path: Path) -> None:
+    rows = cross_validate(outlined, tmp_path / "lexicon")
+    folds = json.loads((tmp_path / "lexicon" / "cv.json").read_text())
+    assert [r["fold"] for r in folds] == ["fold0", "fold1", "mean", "sd"] and [r["n"] for r in folds[:2]] == [24, 24]
+    assert rows[-2]["macro_f1"] > 0.8
+    metrics = json.loads((tmp_path / "lexicon" / "fold0" / "metrics.json").read_text())
+    assert metrics["masks"] == "labelled" and metrics["split"].startswith("official fold 1")
+    predictions = (tmp_path / "lexicon" / "fold0" / "predictions.csv").read_text().splitlines()
+    assert predictions[0] == "img_name,label,prob_0,prob_1,prob_2,prob_3" and len(predictions) == 25
+    assert len(DESCRIPTORS) == len(set(DESCRIPTORS))
+
+
+def _write_report_fold(folder: Path, names: list[str], probs: np.ndarray) -> None:
+    folder.mkdir(parents=True)
+    lines = ["img_name,label,prob_0,prob_1,prob_2,prob_3"]
+    lines += [f"{n},0," + ",".join(f"{p:.6f}" for p in row) for n, row in zip(names, probs)]
+    (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_a_report_is_averaged_in_and_must_score_the_folds_images(outlined: Path, tmp_path: Path) -> None:
+    alone = tmp_path / "alone"
+    cross_validate(outlined, alone)
+    report = tmp_path / "report"
+    for fold in ("fold0", "fold1"):
+        lines = (alone / fold / "predictions.csv").read_text().splitlines()[1:]
+        names = [line.split(",")[0] for line in lines]
+        _write_report_fold(report / fold, names, np.tile([1.0, 0.0, 0.0, 0.0], (len(names), 1)))
+    cross_validate(outlined, tmp_path / "both", with_report=report)
+    mine = np.loadtxt(alone / "fold0" / "predictions.csv", delimiter=",", skiprows=1, usecols=(2, 3, 4, 5))
+    both = np.loadtxt(tmp_path / "both" / "fold0" / "predictions.csv", delimiter=",", skiprows=1, usecols=(2, 3, 4, 5))
+    assert both == pytest.approx((mine + [1.0, 0.0, 0.0, 0.0]) / 2, abs=2e-6)
+    short = tmp_path / "short"
+    _write_report_fold(short / "fold0", names[:3], np.full((3, 4), 0.25))
+    assert lexicon_main(["--data", str(outlined), "--out", str(tmp_path / "bad"), "--with-report", str(short)]) == 1
+
+
+def test_a_localiser_of_other_images_is_refused(outlined: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "localisers" / "fold0"
+    run.mkdir(parents=True)
+    (run / "val.csv").write_text("file,label\ntrain/cla/2类/images/case_000.png,0\n")
+    code = lexicon_main(["--data", str(outlined), "--out", str(tmp_path / "out"),
+                         "--localiser-from", str(tmp_path / "localisers")])
+    assert code == 1
+    assert "val.csv: the localiser validated on other images than this fold's" in capsys.readouterr().err
