@@ -15,6 +15,7 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -26,10 +27,11 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from project.data.imageio import ImageReadError, read_image
-from project.data.layout import Sample, load_split
+from project.data.layout import Sample, list_images, load_split
 from project.data.transforms import read_mask
 from project.fileio import atomic_write_text
 from project.localise import lesion_probability_maps, peak_region
+from project.models.checkpoint import code_version
 from project.predict import Predictions, average_over_lesions, load_members
 from project.report import (
     ReportError,
@@ -126,10 +128,62 @@ def descriptor_vector(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.array([described[name] for name in DESCRIPTORS], dtype=np.float64)
 
 
-def lexicon_classifier(seed: int = 0) -> Pipeline:
-    """Standardised descriptors into a class-balanced multinomial logistic regression."""
+def _standardised_logistic_regression(seed: int) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000,
                                                               random_state=seed))
+
+
+ABSENT_CLASS_LOGIT = -1e4  # the logit of a class no training lesion had: probability 0
+
+
+@dataclass
+class LexiconModel:
+    """A class-balanced multinomial logistic regression on standardised DESCRIPTORS, stored as plain numbers."""
+
+    classes: list[str]
+    mean: np.ndarray  # [D] the training descriptors' mean ...
+    scale: np.ndarray  # [D] ... and standard deviation
+    coef: np.ndarray  # [K, D]
+    intercept: np.ndarray  # [K]
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, labels: np.ndarray, classes: Sequence[str], seed: int = 0) -> LexiconModel:
+        """Fit on descriptor vectors [N, D] and class indices [N] into `classes`."""
+        pipeline = _standardised_logistic_regression(seed).fit(vectors, labels)
+        scaler, regression = pipeline.named_steps["standardscaler"], pipeline.named_steps["logisticregression"]
+        coef, intercept = regression.coef_, regression.intercept_
+        if len(regression.classes_) == 2:  # sklearn keeps one logit for two classes: softmax([-z/2, z/2]) = sigmoid(z)
+            coef, intercept = np.stack([-coef[0] / 2, coef[0] / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+        full_coef = np.zeros((len(classes), vectors.shape[1]))
+        full_intercept = np.full(len(classes), ABSENT_CLASS_LOGIT)
+        full_coef[regression.classes_], full_intercept[regression.classes_] = coef, intercept
+        return cls(list(classes), scaler.mean_, scaler.scale_, full_coef, full_intercept)
+
+    def predict_proba(self, vectors: np.ndarray) -> np.ndarray:
+        logits = (vectors - self.mean) / self.scale @ self.coef.T + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        odds = np.exp(logits)
+        return odds / odds.sum(axis=1, keepdims=True)
+
+    def save(self, path: Path) -> None:
+        record = {"kind": "lexicon", "version": code_version(), "classes": self.classes,
+                  "descriptors": list(DESCRIPTORS), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                  "coef": self.coef.tolist(), "intercept": self.intercept.tolist()}
+        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> LexiconModel:
+        """Raises ValueError naming the file unless it is a lexicon model of today's DESCRIPTORS."""
+        try:
+            record = json.loads(Path(path).read_text(encoding="utf-8"))
+            if record.get("kind") != "lexicon":
+                raise ValueError("not a lexicon model (no kind: lexicon)")
+            if record["descriptors"] != list(DESCRIPTORS):
+                raise ValueError(f"its descriptors {record['descriptors']} are not this version's {list(DESCRIPTORS)}")
+            return cls(list(record["classes"]), *(np.asarray(record[k], dtype=np.float64)
+                                                   for k in ("mean", "scale", "coef", "intercept")))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: cannot load a lexicon model ({exc})") from None
 
 
 def describe_labelled(samples: Sequence[Sample]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -158,6 +212,49 @@ def describe_located(
         if probs is not None:
             found[sample.path.name] = descriptor_vector(read_image(sample.path, max_side=None), peak_region(probs))
     return found, reasons
+
+
+def fit_on(labelled: dict[str, np.ndarray], samples: Sequence[Sample], classes: Sequence[str]) -> LexiconModel:
+    """A LexiconModel fitted on the labelled-mask descriptors of those `samples` that have them."""
+    known = [s for s in samples if s.path.name in labelled and s.label is not None]
+    if not known:
+        raise ReportError("no training image with a labelled mask and a class")
+    return LexiconModel.fit(np.stack([labelled[s.path.name] for s in known]), np.array([s.label for s in known]),
+                            classes)
+
+
+def fit_dataset(data: Path, out: Path) -> tuple[int, dict[str, str]]:
+    """Fit the lexicon model on every labelled mask of a dataset into OUT (JSON); (images used, skipped)."""
+    scan, config = load_split(Path(data))
+    samples = [s for s in scan.samples if s.label is not None]
+    labelled, skipped = describe_labelled(samples)
+    fit_on(labelled, samples, config.classes).save(Path(out))
+    return len(labelled), skipped
+
+
+def describe_outlined(paths: Sequence[Path], masks: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Descriptors by image name of the images whose outline MASKS/<stem>.<any image suffix> exists, and why
+    the masks that exist could not be used. An image without a mask is neither."""
+    outlines = {path.stem: path for path in list_images(masks)}
+    found, errors = {}, {}
+    for path in tqdm([p for p in paths if p.stem in outlines], desc="describing outlines", unit="image", leave=False):
+        try:
+            image = read_image(path, max_side=None)
+            found[path.name] = descriptor_vector(image, read_mask(outlines[path.stem], image.shape[:2]))
+        except (ImageReadError, ValueError) as exc:
+            errors[path.name] = f"{outlines[path.stem]}: {exc}"
+    return found, errors
+
+
+def average_in(predictions: Predictions, described: dict[str, np.ndarray], model: LexiconModel) -> Predictions:
+    """Each described image's probabilities averaged, with equal weight, with the lexicon model's."""
+    named = [i for i, name in enumerate(predictions.names) if name in described]
+    if not named:
+        return predictions
+    probs = predictions.probs.copy()
+    lexicon = model.predict_proba(np.stack([described[predictions.names[i]] for i in named]))
+    probs[named] = (probs[named] + lexicon) / 2
+    return replace(predictions, probs=probs.astype(predictions.probs.dtype))
 
 
 def _fold_samples(samples: Sequence[Sample], root: Path) -> dict[int, list[Sample]]:
@@ -206,10 +303,8 @@ def cross_validate(
     metrics_by_fold, splits = {}, {}
     for k, (fold, val) in enumerate(folds.items()):
         name = f"fold{k}"
-        train = [s for other, samples in folds.items() if other != fold for s in samples
-                 if s.path.name in labelled]
-        model = lexicon_classifier().fit(np.stack([labelled[s.path.name] for s in train]),
-                                         np.array([s.label for s in train]))
+        model = fit_on(labelled, [s for other, samples in folds.items() if other != fold for s in samples],
+                       config.classes)
         if localiser_from is not None:
             localiser = Path(localiser_from) / name / "best.safetensors"
             _check_localiser_fold(Path(localiser_from) / name, val)
@@ -218,7 +313,6 @@ def cross_validate(
             described, reasons = {n: labelled[n] for n in (s.path.name for s in val) if n in labelled}, {}
         scored = [s for s in val if s.path.name in described]
         probs = model.predict_proba(np.stack([described[s.path.name] for s in scored]))
-        probs = _all_classes(probs, model.classes_, len(config.classes))
         if with_report is not None:
             probs = (probs + _report_probs(Path(with_report) / name, val, [s.path.name for s in scored])) / 2
         if lesion_column:
@@ -250,25 +344,27 @@ def _check_localiser_fold(run: Path, val: Sequence[Sample]) -> None:
                           "trained on the images it would describe")
 
 
-def _all_classes(probs: np.ndarray, seen: np.ndarray, width: int) -> np.ndarray:
-    """Probabilities over all `width` classes from a model that saw only the classes `seen`."""
-    full = np.zeros((len(probs), width))
-    full[:, seen] = probs
-    return full
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="dataset root with masks/ folders and a fold column")
-    parser.add_argument("--out", type=Path, required=True, help="report folder (fold<k>/ and cv.md, cv.json)")
-    parser.add_argument("--localiser-from", type=Path, metavar="DIR",
-                        help="describe each fold's lesion from DIR/fold<k>'s lesion map instead of its labelled mask")
-    parser.add_argument("--with-report", type=Path, metavar="REPORT",
-                        help="average with a project.report --cv folder of the same folds")
-    parser.add_argument("--lesion-column", metavar="COLUMN", help="score the images of one lesion with their mean")
-    parser.add_argument("--device", default="auto")
+    parser = argparse.ArgumentParser(prog="python -m project.lexicon", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    cv = commands.add_parser("cv", help="cross-validate on the dataset's folds")
+    cv.add_argument("--data", type=Path, required=True, help="dataset root with masks/ folders and a fold column")
+    cv.add_argument("--out", type=Path, required=True, help="report folder (fold<k>/ and cv.md, cv.json)")
+    cv.add_argument("--localiser-from", type=Path, metavar="DIR",
+                    help="describe each fold's lesion from DIR/fold<k>'s lesion map instead of its labelled mask")
+    cv.add_argument("--with-report", type=Path, metavar="REPORT",
+                    help="average with a project.report --cv folder of the same folds")
+    cv.add_argument("--lesion-column", metavar="COLUMN", help="score the images of one lesion with their mean")
+    cv.add_argument("--device", default="auto")
+    fit = commands.add_parser("fit", help="fit on every labelled mask of a dataset, for run.py --lexicon")
+    fit.add_argument("--data", type=Path, required=True, help="dataset root with masks/ folders")
+    fit.add_argument("--out", type=Path, required=True, help="the model's JSON file")
     args = parser.parse_args(argv)
     try:
+        if args.command == "fit":
+            used, skipped = fit_dataset(args.data, args.out)
+            print(f"fitted on {used} lesion masks ({len(skipped)} images without one) -> {args.out}")
+            return 0
         rows = cross_validate(args.data, args.out, args.localiser_from, args.with_report, args.lesion_column,
                               args.device)
     except ReportError as exc:

@@ -12,11 +12,13 @@ import torch
 
 from project.data.layout import Box, list_images
 from project.data.submission import ID_STYLES
+from project.lexicon import LexiconModel, average_in, describe_outlined
 from project.localise import locate_lesions
 from project.models.checkpoint import CheckpointError
 from project.predict import (
     ERRORS_FILE,
     Member,
+    Predictions,
     average_over_lesions,
     load_members,
     predict_folder,
@@ -59,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lesions", type=Path, metavar="CSV",
                         help="CSV with image and lesion columns: the images (views) of one lesion get the mean of "
                              "their probabilities, so one lesion gets one grade")
+    parser.add_argument("--lexicon", type=Path, metavar="JSON",
+                        help="a lexicon model (python -m project.lexicon fit): with --masks, its BI-RADS probabilities "
+                             "from each outlined lesion's shape, margin and echo are averaged in")
+    parser.add_argument("--masks", type=Path, metavar="DIR",
+                        help="lesion outlines for --lexicon: DIR/<image stem>.png, lesion bright; images without one "
+                             "keep the network's probabilities")
     parser.add_argument("--id-style", choices=ID_STYLES, default="name", help="img_name column, or id 1..N")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any image could not be read")
     parser.add_argument("--probabilities", action="store_true",
@@ -97,6 +105,30 @@ def lesion_boxes_for(
     return locate_lesions(paths, localiser, device, args.batch_size, args.workers)[0]
 
 
+def load_lexicon(args: argparse.Namespace) -> LexiconModel | None:
+    """The --lexicon model, or None; each of --lexicon and --masks needs the other."""
+    if (args.lexicon is None) != (args.masks is None):
+        raise ValueError("--lexicon and --masks go together: the model reads the outlines")
+    if args.masks is not None and not args.masks.is_dir():
+        raise ValueError(f"{args.masks}: the --masks folder does not exist")
+    return LexiconModel.load(args.lexicon) if args.lexicon else None
+
+
+def outlines_averaged_in(
+    predictions: Predictions, paths: Sequence[Path], members: Sequence[Member], lexicon: LexiconModel, masks: Path,
+) -> Predictions:
+    """The classifier's predictions with the lexicon model's averaged in where an outline is given."""
+    if lexicon.classes != members[0].task.labels:
+        raise UsageError(f"the lexicon model's classes {lexicon.classes} are not the classifier's "
+                         f"{members[0].task.labels}")
+    described, problems = describe_outlined([p for p in paths if p.name not in predictions.errors], masks)
+    for problem in problems.values():
+        print(f"cla: outline not used: {problem}", file=sys.stderr)
+    print(f"cla: the lexicon model averaged in for {len(described)} of {len(predictions.names)} images "
+          f"(outlines in {masks})")
+    return average_in(predictions, described, lexicon)
+
+
 def run(args: argparse.Namespace) -> int:
     test_dir = find_test_folder(args.data)
     folders = {name: test_dir / name for name in FOLDERS if (test_dir / name).is_dir()}
@@ -110,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         lesion_of = read_lesions(args.lesions) if args.lesions else {}
+        lexicon = load_lexicon(args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     errors, total_images, total_seconds = {}, 0, 0.0
@@ -127,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
                                          boxes=boxes)
         except (CheckpointError, ValueError) as exc:
             raise UsageError(str(exc)) from None
+        if name == "cla" and lexicon is not None:
+            predictions = outlines_averaged_in(predictions, paths, members, lexicon, args.masks)
         if lesion_of:
             predictions = average_over_lesions(predictions, lesion_of)
             named = sum(n in lesion_of for n in predictions.names)

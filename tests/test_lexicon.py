@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from project.data.layout import class_folder_name, label_line
-from project.lexicon import DESCRIPTORS, cross_validate, descriptor_vector, lesion_descriptors, lexicon_classifier
+from project.lexicon import DESCRIPTORS, LexiconModel, cross_validate, descriptor_vector, lesion_descriptors
 from project.lexicon import main as lexicon_main
 from project.phantom import LesionFeatures, render_image
 
@@ -81,8 +84,28 @@ def test_the_classifier_learns_a_phantom_lesions_shape_from_its_descriptors() ->
         vectors.append(descriptor_vector(rendered.pixels, rendered.lesion_mask))
         labels.append(shape)
     x, y = np.stack(vectors), np.array(labels)
-    model = lexicon_classifier().fit(x[:50], y[:50])
-    assert (model.predict(x[50:]) == y[50:]).mean() >= 0.8
+    model = LexiconModel.fit(x[:50], y[:50], ["oval", "irregular"])
+    assert (model.predict_proba(x[50:]).argmax(axis=1) == y[50:]).mean() >= 0.8
+
+
+def test_the_stored_model_is_sklearns_logistic_regression_in_plain_numbers(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, len(DESCRIPTORS))) * rng.uniform(0.1, 10, len(DESCRIPTORS))
+    for labels, classes in ((rng.integers(0, 4, 60), ["2", "3", "4", "5"]), (rng.integers(0, 2, 60), ["a", "b"])):
+        model = LexiconModel.fit(x, labels, classes)
+        reference = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000,
+                                                                       random_state=0)).fit(x, labels)
+        np.testing.assert_allclose(model.predict_proba(x), reference.predict_proba(x), atol=1e-9)
+        model.save(tmp_path / "lexicon.json")
+        np.testing.assert_array_equal(LexiconModel.load(tmp_path / "lexicon.json").predict_proba(x),
+                                      model.predict_proba(x))
+    absent = LexiconModel.fit(x, np.where(labels == 0, 0, 2), ["2", "3", "4"])
+    assert absent.predict_proba(x)[:, 1].max() == 0
+    (tmp_path / "other.json").write_text('{"kind": "lexicon", "descriptors": ["echo_mean"]}')
+    with pytest.raises(ValueError, match=r"other.json: cannot load a lexicon model \(its descriptors"):
+        LexiconModel.load(tmp_path / "other.json")
+    with pytest.raises(ValueError, match=r"missing.json: cannot load a lexicon model"):
+        LexiconModel.load(tmp_path / "missing.json")
 
 
 CLASSES = ["2", "3", "4", "5"]
@@ -156,14 +179,22 @@ def test_a_report_is_averaged_in_and_must_score_the_folds_images(outlined: Path,
     assert both == pytest.approx((mine + [1.0, 0.0, 0.0, 0.0]) / 2, abs=2e-6)
     short = tmp_path / "short"
     _write_report_fold(short / "fold0", names[:3], np.full((3, 4), 0.25))
-    assert lexicon_main(["--data", str(outlined), "--out", str(tmp_path / "bad"), "--with-report", str(short)]) == 1
+    argv = ["cv", "--data", str(outlined), "--out", str(tmp_path / "bad"), "--with-report", str(short)]
+    assert lexicon_main(argv) == 1
 
 
 def test_a_localiser_of_other_images_is_refused(outlined: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "localisers" / "fold0"
     run.mkdir(parents=True)
     (run / "val.csv").write_text("file,label\ntrain/cla/2类/images/case_000.png,0\n")
-    code = lexicon_main(["--data", str(outlined), "--out", str(tmp_path / "out"),
+    code = lexicon_main(["cv", "--data", str(outlined), "--out", str(tmp_path / "out"),
                          "--localiser-from", str(tmp_path / "localisers")])
     assert code == 1
     assert "val.csv: the localiser validated on other images than this fold's" in capsys.readouterr().err
+
+
+def test_fit_writes_the_model_of_every_labelled_mask(outlined: Path, tmp_path: Path, capsys) -> None:
+    assert lexicon_main(["fit", "--data", str(outlined), "--out", str(tmp_path / "lexicon.json")]) == 0
+    assert "fitted on 48 lesion masks (0 images without one)" in capsys.readouterr().out
+    model = LexiconModel.load(tmp_path / "lexicon.json")
+    assert model.classes == CLASSES and model.coef.shape == (4, len(DESCRIPTORS))

@@ -15,6 +15,7 @@ from PIL import Image
 
 from project.data.submission import write_cla_csv, write_fea_csv
 from project.data.transforms import Preprocess
+from project.lexicon import DESCRIPTORS, LexiconModel, descriptor_vector
 from project.models.checkpoint import CheckpointConfig, save_checkpoint
 from project.models.factory import create_model
 from project.predict import Predictions, average_over_lesions
@@ -219,3 +220,44 @@ def test_lesions_option_gives_the_views_of_a_lesion_one_grade(tmp_path: Path, we
     (tmp_path / "twice.csv").write_text("image,lesion\n1.jpg,7\n1.jpg,8\n", encoding="utf-8")
     assert main([*argv, "--out-dir", str(tmp_path / "bad"), "--lesions", str(tmp_path / "twice.csv")]) == 2
     assert f"{tmp_path / 'twice.csv'}: line 3: 1.jpg" in capsys.readouterr().err
+
+
+def test_an_outlined_lesion_gets_the_lexicon_models_grade_averaged_in(tmp_path: Path, weights: Path, capsys) -> None:
+    test_dir = tmp_path / "testB"
+    _good_files(test_dir / "cla")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    outline = np.zeros((40, 48), np.uint8)
+    outline[10:25, 12:30] = 255
+    Image.fromarray(outline).save(masks / "1.png")
+    Image.fromarray(outline).save(masks / "2.png")
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(masks / "8.png")  # empty: not used, and said so
+    Image.fromarray(outline[:30]).save(masks / "10.png")  # the wrong size: not used, and said so
+    classes = ["2", "3", "4A", "4B", "4C", "5"]
+    rng = np.random.default_rng(0)
+    lexicon = LexiconModel.fit(rng.normal(size=(60, len(DESCRIPTORS))), np.arange(60) % 6, classes)
+    lexicon.save(tmp_path / "lexicon.json")
+    argv = ["--data", str(test_dir), "--cls-weights", str(weights / "cls.safetensors"), "--workers", "0",
+            "--probabilities"]
+    main([*argv, "--out-dir", str(tmp_path / "alone")])
+    capsys.readouterr()
+    assert main([*argv, "--out-dir", str(tmp_path / "both"), "--lexicon", str(tmp_path / "lexicon.json"),
+                 "--masks", str(masks)]) == 0
+    printed = capsys.readouterr()
+    assert f"cla: the lexicon model averaged in for 2 of 9 images (outlines in {masks})" in printed.out
+    assert f"{masks / '8.png'}: the lesion mask is empty" in printed.err
+    assert f"{masks / '10.png'}: mask is 48x30 px, its image 48x40" in printed.err
+
+    def table(folder: str) -> dict[str, np.ndarray]:
+        rows = _rows(tmp_path / folder / "cla_prob.csv")
+        return {r["img_name"]: np.array([float(r[c]) for c in classes]) for r in rows}
+
+    alone, both = table("alone"), table("both")
+    for name in ("1.jpg", "2.png"):
+        image = np.asarray(Image.open(test_dir / "cla" / name).convert("RGB"))
+        own = lexicon.predict_proba(descriptor_vector(image, outline > 0)[None])[0]
+        np.testing.assert_allclose(both[name], (alone[name] + own) / 2, atol=2e-6)
+    for name in ("3.png", "4.png", "5.jpg", "6.bmp", "7.png", "8.jpg", "10.tif"):
+        np.testing.assert_array_equal(both[name], alone[name])
+    assert main([*argv, "--out-dir", str(tmp_path / "bad"), "--lexicon", str(tmp_path / "lexicon.json")]) == 2
+    assert "--lexicon and --masks go together" in capsys.readouterr().err
