@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from project.data.layout import class_folder_name, label_line
 from project.lexicon import DESCRIPTORS, LexiconModel, cross_validate, descriptor_vector, lesion_descriptors
 from project.lexicon import main as lexicon_main
 from project.phantom import LesionFeatures, render_image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ellipse_mask(shape: tuple[int, int], centre: tuple[int, int], axes: tuple[int, int]) -> np.ndarray:
@@ -198,3 +201,15 @@ def test_fit_writes_the_model_of_every_labelled_mask(outlined: Path, tmp_path: P
     assert "fitted on 48 lesion masks (0 images without one)" in capsys.readouterr().out
     model = LexiconModel.load(tmp_path / "lexicon.json")
     assert model.classes == CLASSES and model.coef.shape == (4, len(DESCRIPTORS))
+
+
+def test_the_outline_probe_trains_a_segmenter_and_prints_its_table(outlined: Path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("outline_probe", ROOT / "bench" / "outline_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.main(["--data", str(outlined), "--fold", "1", "--epochs", "1", "--img-size", "64",
+                       "--batch-size", "8"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| labelled outlines | 1.000 |")
+    iou = float(rows[2].split("|")[2])
+    assert rows[2].startswith("| segmenter's outlines |") and 0.0 <= iou <= 1.0
