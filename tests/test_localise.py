@@ -81,16 +81,22 @@ def test_a_lesion_crop_preprocesses_the_grown_box_and_needs_one(tmp_path: Path) 
     assert Preprocess.from_dict(Preprocess().to_dict()).lesion_crop is None
 
 
-def test_a_localiser_box_maps_back_through_cut_black_onto_the_file(tmp_path: Path) -> None:
+def _framed_localiser(tmp_path: Path) -> Member:
+    """framed.png: a 120 x 100 file whose 80 x 80 field (columns 40..119, rows 20..99) CutBlack keeps, and a
+    localiser whose map is sure of the field's top row's right half (x 80..120, y 20..40 of the file)."""
     image = np.zeros((100, 120), np.uint8)
     image[20:100, 40:120] = np.random.default_rng(0).integers(60, 120, (80, 80), dtype=np.uint8)  # black borders
     Image.fromarray(image).save(tmp_path / "framed.png")
     model = create_model("convnext_atto", num_classes=4, lesion_map=True).eval()
     cells = torch.full((1, 4, 4), -20.0)
-    cells[0, 0, 2:4] = 20.0  # the top row's right half of the 80 x 80 field
+    cells[0, 0, 2:4] = 20.0
     model.lesion_map = lambda x: cells.expand(len(x), -1, -1)
-    member = Member(model, CheckpointConfig("cla", "convnext_atto", {}, ["2", "3", "4", "5"], {}),
-                    Preprocess(img_size=128), tmp_path / "localiser.safetensors")
+    return Member(model, CheckpointConfig("cla", "convnext_atto", {}, ["2", "3", "4", "5"], {}),
+                  Preprocess(img_size=128), tmp_path / "localiser.safetensors")
+
+
+def test_a_localiser_box_maps_back_through_cut_black_onto_the_file(tmp_path: Path) -> None:
+    member = _framed_localiser(tmp_path)
     boxes, errors = locate_lesions([tmp_path / "framed.png", tmp_path / "missing.png"], member, torch.device("cpu"))
     assert boxes[1] is None and list(errors) == [1]
     # cells 2-3 of row 0 in the field (columns 40..119, rows 20..99): x 80..120, y 20..40 of the file
@@ -100,15 +106,7 @@ def test_a_localiser_box_maps_back_through_cut_black_onto_the_file(tmp_path: Pat
 
 
 def test_the_lesion_map_is_laid_back_onto_the_file_pixel_by_pixel(tmp_path: Path) -> None:
-    image = np.zeros((100, 120), np.uint8)
-    image[20:100, 40:120] = np.random.default_rng(0).integers(60, 120, (80, 80), dtype=np.uint8)  # black borders
-    Image.fromarray(image).save(tmp_path / "framed.png")
-    model = create_model("convnext_atto", num_classes=4, lesion_map=True).eval()
-    cells = torch.full((1, 4, 4), -20.0)
-    cells[0, 0, 2:4] = 20.0  # the top row's right half of the 80 x 80 field: x 80..120, y 20..40 of the file
-    model.lesion_map = lambda x: cells.expand(len(x), -1, -1)
-    member = Member(model, CheckpointConfig("cla", "convnext_atto", {}, ["2", "3", "4", "5"], {}),
-                    Preprocess(img_size=128), tmp_path / "localiser.safetensors")
+    member = _framed_localiser(tmp_path)
     maps, errors = lesion_probability_maps([tmp_path / "framed.png", tmp_path / "missing.png"], member,
                                            torch.device("cpu"))
     assert maps[1] is None and list(errors) == [1]
