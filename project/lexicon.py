@@ -186,6 +186,19 @@ class LexiconModel:
             raise ValueError(f"{path}: cannot load a lexicon model ({exc})") from None
 
 
+def describe_file(image_path: Path, mask_path: Path) -> np.ndarray:
+    """The descriptor vector of an image file's lesion outlined in a mask file of the same size.
+
+    Raises ImageReadError or ValueError naming the file and what is wrong with it (unreadable, another size,
+    an empty mask).
+    """
+    image = read_image(image_path, max_side=None)
+    try:
+        return descriptor_vector(image, read_mask(mask_path, image.shape[:2]))
+    except ValueError as exc:
+        raise ValueError(f"{mask_path}: {exc}") from None
+
+
 def describe_labelled(samples: Sequence[Sample]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Descriptors of each sample's labelled mask by image name, and why the others have none."""
     found, errors = {}, {}
@@ -194,8 +207,7 @@ def describe_labelled(samples: Sequence[Sample]) -> tuple[dict[str, np.ndarray],
             errors[sample.path.name] = "no labelled mask"
             continue
         try:
-            image = read_image(sample.path, max_side=None)
-            found[sample.path.name] = descriptor_vector(image, read_mask(sample.mask, image.shape[:2]))
+            found[sample.path.name] = describe_file(sample.path, sample.mask)
         except (ImageReadError, ValueError) as exc:
             errors[sample.path.name] = str(exc)
     return found, errors
@@ -209,8 +221,12 @@ def describe_located(
     maps, errors = lesion_probability_maps([s.path for s in samples], member, device)
     found, reasons = {}, {samples[i].path.name: why for i, why in errors.items()}
     for sample, probs in zip(samples, maps, strict=True):
-        if probs is not None:
+        if probs is None:
+            continue
+        try:
             found[sample.path.name] = descriptor_vector(read_image(sample.path, max_side=None), peak_region(probs))
+        except ValueError as exc:  # a map with no probable pixel outlines nothing
+            reasons[sample.path.name] = f"the localiser's map: {exc}"
     return found, reasons
 
 
@@ -239,10 +255,9 @@ def describe_outlined(paths: Sequence[Path], masks: Path) -> tuple[dict[str, np.
     found, errors = {}, {}
     for path in tqdm([p for p in paths if p.stem in outlines], desc="describing outlines", unit="image", leave=False):
         try:
-            image = read_image(path, max_side=None)
-            found[path.name] = descriptor_vector(image, read_mask(outlines[path.stem], image.shape[:2]))
+            found[path.name] = describe_file(path, outlines[path.stem])
         except (ImageReadError, ValueError) as exc:
-            errors[path.name] = f"{outlines[path.stem]}: {exc}"
+            errors[path.name] = str(exc)
     return found, errors
 
 
