@@ -8,7 +8,8 @@ BI-RADS category (4A, 4B and 4C as 4). Every checkpoint is scored alone, then th
 run.py path: same preprocessing, probabilities averaged). Figures: the challenge cla score,
 macro-F1, accuracy, quadratic κ, and the malignancy AUC of P(BI-RADS ≥ 4) against BI-RADS ≥ 4 and
 against the dataset's `pathology` metadata (biopsy or follow-up). The ensemble's probabilities go
-to DIR/cla_prob.csv.
+to DIR/cla_prob.csv. With `--lexicon FILE` (project.lexicon), its grade of each image's labelled
+outline (the dataset's masks) is scored alone and averaged with the ensemble's, after the ensemble.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from project.data.classes import birads_number, first_malignant_class, normalise_class_name
+from project.data.imageio import ImageReadError
 from project.data.layout import Sample
 from project.data.submission import write_probability_csv
 from project.fileio import atomic_write_text
+from project.lexicon import LexiconModel, describe_file
 from project.metrics import classification_report
 from project.predict import Member, load_members, predict_folder
 from project.runtime import resolve_device
@@ -85,15 +88,35 @@ def evaluate(samples: Sequence[Sample], dataset_classes: Sequence[str], members:
         results[str(member.path)] = figures(samples, truth, predictions.probs, classes)
     ensemble = np.mean(probs, axis=0)
     results["ensemble"] = figures(samples, truth, ensemble, classes)
-    return {"figures": results, "probs": ensemble, "names": [p.name for p in paths], "classes": classes}
+    return {"figures": results, "probs": ensemble, "names": [p.name for p in paths], "classes": classes,
+            "truth": truth}
+
+
+def lexicon_figures(samples: Sequence[Sample], result: dict, model: LexiconModel) -> dict[str, dict]:
+    """The lexicon model on each sample's labelled outline, alone and averaged with the ensemble's probabilities.
+
+    Raises ValueError naming the image without an outline, or the outline that cannot be read.
+    """
+    if model.classes != list(result["classes"]):
+        raise ValueError(f"the lexicon model's classes {model.classes} are not the models' {result['classes']}")
+    missing = [str(s.path) for s in samples if s.mask is None]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) without a labelled outline (masks/), e.g. {missing[0]}")
+    try:
+        probs = model.predict_proba(np.stack([describe_file(s.path, s.mask) for s in samples]))
+    except ImageReadError as exc:
+        raise ValueError(str(exc)) from None
+    truth, classes = result["truth"], result["classes"]
+    return {"lexicon model (labelled outlines)": figures(samples, truth, probs, classes),
+            "ensemble + lexicon model": figures(samples, truth, (result["probs"] + probs) / 2, classes)}
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def markdown(results: dict[str, dict]) -> str:
-    """One row per checkpoint, mean ± sd of the single checkpoints, then the ensemble."""
+def markdown(results: dict[str, dict], after: dict[str, dict] | None = None) -> str:
+    """One row per checkpoint, mean ± sd of the single checkpoints, the ensemble, then the rows `after` it."""
     lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
     singles = {name: row for name, row in results.items() if name != "ensemble"}
     for name, row in singles.items():
@@ -105,6 +128,8 @@ def markdown(results: dict[str, dict]) -> str:
             cells.append(f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else "n/a")
         lines.append("| mean ± sd of the single models | " + " | ".join(cells) + " |")
     lines.append("| **ensemble** | " + " | ".join(_fmt(results["ensemble"][c]) for c in COLUMNS) + " |")
+    for name, row in (after or {}).items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(row[c]) for c in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -113,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, nargs="+", required=True, help="classifier checkpoints")
     parser.add_argument("--data", type=Path, required=True, help="dataset in the challenge layout (train/cla)")
     parser.add_argument("--out", type=Path, required=True, help="folder for cv.md and cla_prob.csv")
+    parser.add_argument("--lexicon", type=Path, metavar="JSON",
+                        help="also score this lexicon model (python -m project.lexicon fit) on the labelled outlines")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -120,11 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     scan, dataset_classes = members[0].task.load(args.data)
     try:
         result = evaluate(scan.samples, dataset_classes, members, device)
+        after = lexicon_figures(scan.samples, result, LexiconModel.load(args.lexicon)) if args.lexicon else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    table = markdown(result["figures"])
+    table = markdown(result["figures"], after)
     atomic_write_text(args.out / "external.md", table)
     columns = members[0].task.probability_columns(result["probs"])
     write_probability_csv(args.out / "cla_prob.csv", result["names"], columns)

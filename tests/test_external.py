@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from project.data.layout import Sample
 from project.data.transforms import Preprocess
-from project.external import ClassMappingError, figures, main, map_classes
+from project.external import COLUMNS, ClassMappingError, figures, main, map_classes
+from project.lexicon import DESCRIPTORS, LexiconModel, describe_file
 from project.models.checkpoint import CheckpointConfig, save_checkpoint
 from project.models.factory import create_model
 
@@ -51,3 +53,52 @@ def test_the_cli_scores_each_checkpoint_and_their_ensemble(phantom_small: Path, 
     with (tmp_path / "ext" / "cla_prob.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["img_name", "2", "3", "4", "5", "malignancy"] and len(rows) > 0
+
+
+def test_a_lexicon_model_is_scored_on_the_labelled_outlines_alone_and_with_the_ensemble(
+    phantom_small: Path, tmp_path: Path, capsys
+) -> None:
+    data = tmp_path / "outlined"
+    rng = np.random.default_rng(0)
+    (data / "train" / "cla").mkdir(parents=True)
+    (data / "dataset.yaml").write_text("classes: ['2', '3', '4A', '4B', '4C', '5']\n")
+    samples = []
+    for index, folder in enumerate(["2类", "3类", "4A类", "4B类", "4C类", "5类"] * 2):
+        for sub in ("images", "labels", "masks"):
+            (data / "train" / "cla" / folder / sub).mkdir(parents=True, exist_ok=True)
+        mask = np.zeros((64, 64), np.uint8)
+        mask[10 + index:40, 12:30 + 2 * index] = 255
+        image = rng.integers(80, 200, (64, 64)).astype(np.uint8)
+        Image.fromarray(image).save(data / "train" / "cla" / folder / "images" / f"{index}.png")
+        Image.fromarray(mask).save(data / "train" / "cla" / folder / "masks" / f"{index}.png")
+        class_id = ["2类", "3类", "4A类", "4B类", "4C类", "5类"].index(folder) + 1
+        (data / "train" / "cla" / folder / "labels" / f"{index}.txt").write_text(f"{class_id} 0.5 0.5 0.4 0.4\n")
+        samples.append(Sample(path=data / "train" / "cla" / folder / "images" / f"{index}.png", label=class_id - 1,
+                              mask=data / "train" / "cla" / folder / "masks" / f"{index}.png"))
+    kwargs = {"num_classes": 4}
+    weights = tmp_path / "cls.safetensors"
+    save_checkpoint(weights, create_model("resnet10t", **kwargs),
+                    CheckpointConfig("cla", "resnet10t", kwargs, ["2", "3", "4", "5"], Preprocess(32).to_dict()))
+    lexicon = LexiconModel.fit(rng.normal(size=(40, len(DESCRIPTORS))), np.arange(40) % 4, ["2", "3", "4", "5"])
+    lexicon.save(tmp_path / "lexicon.json")
+
+    argv = ["--weights", str(weights), "--data", str(data), "--out", str(tmp_path / "ext"),
+            "--lexicon", str(tmp_path / "lexicon.json")]
+    assert main(argv) == 0
+
+    lines = (tmp_path / "ext" / "external.md").read_text().splitlines()
+    assert lines[-3].startswith("| **ensemble** |")
+    assert lines[-2].startswith("| lexicon model (labelled outlines) |")
+    with (tmp_path / "ext" / "cla_prob.csv").open() as handle:
+        ensemble = {row["img_name"]: [float(row[c]) for c in "2345"] for row in csv.DictReader(handle)}
+    ordered = sorted(samples, key=lambda s: int(s.path.stem))
+    own = lexicon.predict_proba(np.stack([describe_file(s.path, s.mask) for s in ordered]))
+    both = (np.array([ensemble[s.path.name] for s in ordered]) + own) / 2
+    truth = np.array([[0, 1, 2, 2, 2, 3][s.label] for s in ordered])
+    expected = figures(ordered, truth, both, ["2", "3", "4", "5"])
+    assert lines[-1] == "| ensemble + lexicon model | " + " | ".join(
+        "n/a" if expected[c] is None else f"{expected[c]:.3f}" for c in COLUMNS) + " |"
+
+    assert main(["--weights", str(weights), "--data", str(phantom_small), "--out", str(tmp_path / "none"),
+                 "--lexicon", str(tmp_path / "lexicon.json")]) == 2
+    assert "without a labelled outline (masks/)" in capsys.readouterr().err
