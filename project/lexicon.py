@@ -3,9 +3,9 @@
 The lexicon (ACR BI-RADS Atlas, 5th edition, 2013) grades a mass by its shape, orientation, margin,
 echo pattern and posterior features. Each descriptor below measures one of them on the lesion's
 outline and on the pixels in and around it, as morphometric CAD studies of breast ultrasound do. A
-class-balanced logistic regression on them is a transparent classifier; `python -m project.lexicon`
+class-balanced logistic regression on them is a transparent classifier. `python -m project.lexicon cv`
 cross-validates it on a dataset's folds, from the labelled masks or from the maps of each fold's
-localiser, alone or averaged with a classifier's report.
+localiser, alone or averaged with a classifier's report; `fit` stores it for run.py --lexicon.
 """
 
 from __future__ import annotations

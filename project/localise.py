@@ -3,7 +3,8 @@
 A classifier trained with `--lesion-map` learns, beside its classes, one lesion logit per cell of its
 stride-32 grid (or a finer one, `--lesion-map-stride`). Read at prediction, that map locates the
 lesion; `box_from_map` turns it, read at the input's resolution, into a box, and the box is carried
-back through CutBlack onto the file, where a `--lesion-crop` model crops it.
+back through CutBlack onto the file, where a `--lesion-crop` model crops it. `lesion_probability_maps`
+carries the map itself back, for an outline (project.lexicon).
 """
 
 from __future__ import annotations
