@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
 
 from project.data.classes import birads_number, first_malignant_class, normalise_class_name
 from project.data.imageio import ImageReadError
@@ -97,13 +98,13 @@ def lexicon_figures(samples: Sequence[Sample], result: dict, model: LexiconModel
 
     Raises ValueError naming the image without an outline, or the outline that cannot be read.
     """
-    if model.classes != list(result["classes"]):
-        raise ValueError(f"the lexicon model's classes {model.classes} are not the models' {result['classes']}")
+    model.require_classes(result["classes"], "the models'")
     missing = [str(s.path) for s in samples if s.mask is None]
     if missing:
         raise ValueError(f"{len(missing)} image(s) without a labelled outline (masks/), e.g. {missing[0]}")
     try:
-        probs = model.predict_proba(np.stack([describe_file(s.path, s.mask) for s in samples]))
+        outlines = tqdm(samples, desc="describing outlines", unit="image", leave=False)
+        probs = model.predict_proba(np.stack([describe_file(s.path, s.mask) for s in outlines]))
     except ImageReadError as exc:
         raise ValueError(str(exc)) from None
     truth, classes = result["truth"], result["classes"]

@@ -159,6 +159,11 @@ class LexiconModel:
         full_coef[regression.classes_], full_intercept[regression.classes_] = coef, intercept
         return cls(list(classes), scaler.mean_, scaler.scale_, full_coef, full_intercept)
 
+    def require_classes(self, classes: Sequence[str], whose: str) -> None:
+        """Raise ValueError unless the model grades into `classes` (those of `whose` probabilities it joins)."""
+        if self.classes != list(classes):
+            raise ValueError(f"the lexicon model's classes {self.classes} are not {whose} {list(classes)}")
+
     def predict_proba(self, vectors: np.ndarray) -> np.ndarray:
         logits = (vectors - self.mean) / self.scale @ self.coef.T + self.intercept
         logits -= logits.max(axis=1, keepdims=True)

@@ -118,9 +118,10 @@ def outlines_averaged_in(
     predictions: Predictions, paths: Sequence[Path], members: Sequence[Member], lexicon: LexiconModel, masks: Path,
 ) -> Predictions:
     """The classifier's predictions with the lexicon model's averaged in where an outline is given."""
-    if lexicon.classes != members[0].task.labels:
-        raise UsageError(f"the lexicon model's classes {lexicon.classes} are not the classifier's "
-                         f"{members[0].task.labels}")
+    try:
+        lexicon.require_classes(members[0].task.labels, "the classifier's")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     described, problems = describe_outlined([p for p in paths if p.name not in predictions.errors], masks)
     for problem in problems.values():
         print(f"cla: outline not used: {problem}", file=sys.stderr)

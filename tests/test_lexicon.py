@@ -213,3 +213,11 @@ def test_the_outline_probe_trains_a_segmenter_and_prints_its_table(outlined: Pat
     assert rows[1].startswith("| labelled outlines | 1.000 |")
     iou = float(rows[2].split("|")[2])
     assert rows[2].startswith("| segmenter's outlines |") and 0.0 <= iou <= 1.0
+
+
+def test_a_model_of_other_classes_is_refused_by_name() -> None:
+    model = LexiconModel.fit(np.random.default_rng(0).normal(size=(20, len(DESCRIPTORS))), np.arange(20) % 4,
+                             ["2", "3", "4", "5"])
+    model.require_classes(["2", "3", "4", "5"], "the classifier's")
+    with pytest.raises(ValueError, match=r"classes \['2', '3', '4', '5'\] are not the classifier's \['2', '3', '4A'"):
+        model.require_classes(["2", "3", "4A", "4B", "4C", "5"], "the classifier's")
