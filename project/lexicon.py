@@ -5,7 +5,8 @@ echo pattern and posterior features. Each descriptor below measures one of them 
 outline and on the pixels in and around it, as morphometric CAD studies of breast ultrasound do. A
 class-balanced logistic regression on them is a transparent classifier. `python -m project.lexicon cv`
 cross-validates it on a dataset's folds, from the labelled masks or from the maps of each fold's
-localiser, alone or averaged with a classifier's report; `fit` stores it for run.py --lexicon.
+localiser, alone or averaged with a classifier's report; `fit` stores it for run.py --lexicon; `column`
+writes each mask's shape and margin class into the metadata, for a training run's auxiliary head.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import csv
 import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +31,7 @@ from tqdm import tqdm
 from project.data.imageio import ImageReadError, read_image
 from project.data.layout import Sample, list_images, load_split
 from project.data.transforms import read_mask
-from project.fileio import atomic_write_text
+from project.fileio import atomic_write_csv, atomic_write_text, read_csv_rows
 from project.localise import lesion_probability_maps, peak_region
 from project.models.checkpoint import code_version
 from project.predict import Predictions, average_over_lesions, load_members
@@ -44,6 +46,7 @@ from project.report import (
 from project.runfolder import VALIDATION_FILE
 from project.runtime import resolve_device
 
+OUTLINE_COLUMN = "outline"  # the metadata column `column` writes
 RING_PX = 7  # width of the band of tissue around the lesion that its echo is compared with
 
 DESCRIPTORS = (
@@ -253,6 +256,34 @@ def fit_dataset(data: Path, out: Path) -> tuple[int, dict[str, str]]:
     return len(labelled), skipped
 
 
+def outline_classes(described: dict[str, np.ndarray]) -> dict[str, str]:
+    """Each outline's shape and margin as one class: solidity and convexity, each split at its median over
+    these outlines ('oval' or 'irregular', then 'smooth' or 'angular', e.g. 'oval-smooth')."""
+    vectors = np.stack(list(described.values()))
+    solidity, convexity = (vectors[:, DESCRIPTORS.index(name)] for name in ("solidity", "convexity"))
+    shapes = np.where(solidity >= np.median(solidity), "oval", "irregular")
+    margins = np.where(convexity >= np.median(convexity), "smooth", "angular")
+    return {name: f"{shape}-{margin}" for name, shape, margin in zip(described, shapes, margins, strict=True)}
+
+
+def add_outline_column(data: Path, column: str = OUTLINE_COLUMN) -> tuple[dict[str, str], dict[str, str]]:
+    """Write each labelled mask's `outline_classes` into COLUMN of the dataset's metadata CSV (empty for an
+    image without a usable mask), e.g. for the trainer's --aux-column; (class by image, skipped)."""
+    scan, config = load_split(Path(data))
+    if not config.metadata:
+        raise ReportError(f"{data}: dataset.yaml names no metadata CSV to add the column to")
+    described, skipped = describe_labelled(scan.samples)
+    if not described:
+        raise ReportError(f"{data}: no image has a usable lesion mask")
+    classes = outline_classes(described)
+    path = Path(data) / config.metadata
+    rows = read_csv_rows(path, ["image"], ReportError)
+    header = [name for name in rows[0] if name != column] + [column] if rows else ["image", column]
+    atomic_write_csv(path, header, ([row.get(name, "") for name in header[:-1]] + [classes.get(row["image"], "")]
+                                    for row in rows))
+    return classes, skipped
+
+
 def describe_outlined(paths: Sequence[Path], masks: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Descriptors by image name of the images whose outline MASKS/<stem>.<any image suffix> exists, and why
     the masks that exist could not be used. An image without a mask is neither."""
@@ -379,8 +410,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     fit = commands.add_parser("fit", help="fit on every labelled mask of a dataset, for run.py --lexicon")
     fit.add_argument("--data", type=Path, required=True, help="dataset root with masks/ folders")
     fit.add_argument("--out", type=Path, required=True, help="the model's JSON file")
+    column = commands.add_parser("column", help="write each labelled mask's shape and margin class into the "
+                                 "metadata CSV, for the trainer's --aux-column")
+    column.add_argument("--data", type=Path, required=True, help="dataset root with masks/ folders and metadata")
+    column.add_argument("--name", default=OUTLINE_COLUMN, help="the column's name")
     args = parser.parse_args(argv)
     try:
+        if args.command == "column":
+            classes, skipped = add_outline_column(args.data, args.name)
+            counts = ", ".join(f"{name} {count}" for name, count in sorted(Counter(classes.values()).items()))
+            print(f"{args.name}: {counts} ({len(skipped)} images without a usable mask)")
+            return 0
         if args.command == "fit":
             used, skipped = fit_dataset(args.data, args.out)
             print(f"fitted on {used} lesion masks ({len(skipped)} images without one) -> {args.out}")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import io
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -201,6 +204,27 @@ def test_fit_writes_the_model_of_every_labelled_mask(outlined: Path, tmp_path: P
     assert "fitted on 48 lesion masks (0 images without one)" in capsys.readouterr().out
     model = LexiconModel.load(tmp_path / "lexicon.json")
     assert model.classes == CLASSES and model.coef.shape == (4, len(DESCRIPTORS))
+
+
+def test_column_writes_each_masks_shape_and_margin_class_into_the_metadata(
+    outlined: Path, tmp_path: Path, capsys
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(outlined, data)
+    unmasked = next((data / "train" / "cla").glob("*/masks/case_005.png"))
+    unmasked.unlink()
+    assert lexicon_main(["column", "--data", str(data)]) == 0
+    assert "(1 images without a usable mask)" in capsys.readouterr().out
+    written = (data / "metadata.csv").read_text()
+    rows = {row["image"]: row for row in csv.DictReader(io.StringIO(written))}
+    assert list(next(iter(rows.values()))) == ["image", "patient", "fold", "outline"]
+    assert rows["case_005.png"]["outline"] == "" and rows["case_004.png"]["fold"] == "2"
+    stars = [rows[f"case_{i:03d}.png"]["outline"] for i in range(3, 48, 4)]
+    assert stars == ["irregular-angular"] * 12
+    shapes = [row["outline"].split("-")[0] for name, row in rows.items() if name != "case_005.png"]
+    assert 47 / 2 <= shapes.count("oval") <= 35  # the median splits the 47 outlines; every star is below it
+    assert lexicon_main(["column", "--data", str(data)]) == 0
+    assert (data / "metadata.csv").read_text() == written
 
 
 def test_the_outline_probe_trains_a_segmenter_and_prints_its_table(outlined: Path, capsys) -> None:
