@@ -41,6 +41,17 @@ def test_merging_declares_the_coarse_label_and_keeps_the_primary_folds(merged: P
     assert not scan.problems
 
 
+def test_a_finer_extra_class_joins_the_primarys_class_of_its_category(tmp_path: Path) -> None:
+    primary = write_cla_dataset(tmp_path / "coarse", ["2", "4"], per_class=4, seed=0)
+    extra = write_cla_dataset(tmp_path / "fine", FINE, per_class=3, seed=100, folds=False)
+    out = tmp_path / "merged"
+    assert merge_main(["--primary", str(primary), "--extra", str(extra), "--out", str(out)]) == 0
+    assert yaml.safe_load((out / "dataset.yaml").read_text())["coarse_labels"] == {}
+    scan, _ = load_split(out)
+    labels = sorted((s.path.name.split("_")[0], s.label) for s in scan.samples if s.path.name.startswith("fine"))
+    assert [label for _, label in labels] == [0] * 3 + [1] * 6 and not scan.problems
+
+
 def _task(samples: list[Sample]):
     task = create_task("cla", FINE)
     task.configure(trainer_args(), samples)

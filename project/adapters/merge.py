@@ -6,7 +6,8 @@ The primary dataset (e.g. BrEaST: 2, 3, 4A, 4B, 4C, 5) keeps its class list, its
 (train/fea is linked as it is) and its folds. Every classification image of the extra dataset (e.g.
 BUS-BRA: 2, 3, 4, 5) goes into the class of the same name or, where the primary splits its BI-RADS
 category (4 into 4A/4B/4C), into a coarse folder that dataset.yaml declares as
-`coarse_labels: {"4": ["4A", "4B", "4C"]}`. Extra images get no fold number, so they always train
+`coarse_labels: {"4": ["4A", "4B", "4C"]}`. The other way round (BrEaST into BUS-BRA), an extra 4A,
+4B or 4C goes into the primary's 4, a fine label. Extra images get no fold number, so they always train
 and cross-validation folds stay those of the primary. metadata.csv gets a `source` column and
 patient groups prefixed by the source, so patients of two datasets never merge.
 """
@@ -39,8 +40,8 @@ def extra_folders(extra_classes: Sequence[str], classes: Sequence[str]) -> dict[
     for name in extra_classes:
         same = [c for c in classes if normalise_class_name(c) == normalise_class_name(name)]
         finer = [c for c in classes if birads_number(c) == birads_number(name)] if birads_number(name) else []
-        if same:
-            folders[name] = (class_folder_name(same[0]), same)
+        if same or len(finer) == 1:  # a finer extra class (4A) joins the primary's one class of its category (4)
+            folders[name] = (class_folder_name((same or finer)[0]), same or finer)
         elif finer:
             folders[name] = (class_folder_name(name), finer)
         else:
