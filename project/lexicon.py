@@ -278,9 +278,9 @@ def add_outline_column(data: Path, column: str = OUTLINE_COLUMN) -> tuple[dict[s
     classes = outline_classes(described)
     path = Path(data) / config.metadata
     rows = read_csv_rows(path, ["image"], ReportError)
-    header = [name for name in rows[0] if name != column] + [column] if rows else ["image", column]
-    atomic_write_csv(path, header, ([row.get(name, "") for name in header[:-1]] + [classes.get(row["image"], "")]
-                                    for row in rows))
+    kept = [name for name in rows[0] if name != column] if rows else ["image"]
+    atomic_write_csv(path, [*kept, column], ([row[name] for name in kept] + [classes.get(row["image"], "")]
+                                            for row in rows))
     return classes, skipped
 
 

@@ -227,6 +227,15 @@ def test_column_writes_each_masks_shape_and_margin_class_into_the_metadata(
     assert (data / "metadata.csv").read_text() == written
 
 
+def test_column_needs_a_metadata_csv(outlined: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(outlined, data)
+    config = yaml.safe_load((data / "dataset.yaml").read_text())
+    (data / "dataset.yaml").write_text(yaml.safe_dump({"classes": config["classes"]}))
+    assert lexicon_main(["column", "--data", str(data)]) == 1
+    assert f"{data}: dataset.yaml names no metadata CSV" in capsys.readouterr().err
+
+
 def test_the_outline_probe_trains_a_segmenter_and_prints_its_table(outlined: Path, capsys) -> None:
     spec = importlib.util.spec_from_file_location("outline_probe", ROOT / "bench" / "outline_probe.py")
     probe = importlib.util.module_from_spec(spec)
