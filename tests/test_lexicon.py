@@ -214,7 +214,9 @@ def test_column_writes_each_masks_shape_and_margin_class_into_the_metadata(
     unmasked = next((data / "train" / "cla").glob("*/masks/case_005.png"))
     unmasked.unlink()
     assert lexicon_main(["column", "--data", str(data)]) == 0
-    assert "(1 images without a usable mask)" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "(1 images without a usable mask)" in printed.out
+    assert "skipped case_005.png: no labelled mask" in printed.err
     written = (data / "metadata.csv").read_text()
     rows = {row["image"]: row for row in csv.DictReader(io.StringIO(written))}
     assert list(next(iter(rows.values()))) == ["image", "patient", "fold", "outline"]
