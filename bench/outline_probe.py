@@ -31,7 +31,7 @@ from torch import nn
 from project.data.imageio import read_image
 from project.data.layout import Sample, load_split
 from project.data.transforms import read_mask
-from project.lexicon import LexiconModel, describe_labelled, descriptor_vector
+from project.descriptors import LexiconModel, describe_labelled, descriptor_vector
 from project.localise import peak_region
 from project.models.factory import create_model
 

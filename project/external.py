@@ -27,8 +27,8 @@ from project.data.classes import birads_number, first_malignant_class, normalise
 from project.data.imageio import ImageReadError
 from project.data.layout import Sample
 from project.data.submission import write_probability_csv
+from project.descriptors import LexiconModel, describe_file
 from project.fileio import atomic_write_text
-from project.lexicon import LexiconModel, describe_file
 from project.metrics import classification_report
 from project.predict import Member, load_members, predict_folder
 from project.runtime import resolve_device

@@ -12,7 +12,8 @@ import torch
 
 from project.data.layout import Box, list_images
 from project.data.submission import ID_STYLES
-from project.lexicon import LexiconModel, average_in, describe_outlined
+from project.descriptors import LexiconModel
+from project.lexicon import average_in, describe_outlined
 from project.localise import locate_lesions
 from project.models.checkpoint import CheckpointError
 from project.predict import (

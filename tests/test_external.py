@@ -11,8 +11,8 @@ from PIL import Image
 
 from project.data.layout import Sample
 from project.data.transforms import Preprocess
+from project.descriptors import DESCRIPTORS, LexiconModel, describe_file
 from project.external import COLUMNS, ClassMappingError, figures, main, map_classes
-from project.lexicon import DESCRIPTORS, LexiconModel, describe_file
 from project.models.checkpoint import CheckpointConfig, save_checkpoint
 from project.models.factory import create_model
 

@@ -19,7 +19,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from project.data.layout import class_folder_name, label_line
-from project.lexicon import DESCRIPTORS, LexiconModel, cross_validate, descriptor_vector, lesion_descriptors
+from project.descriptors import DESCRIPTORS, LexiconModel, descriptor_vector, lesion_descriptors
+from project.lexicon import cross_validate
 from project.lexicon import main as lexicon_main
 from project.phantom import LesionFeatures, render_image
 

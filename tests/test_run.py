@@ -15,7 +15,7 @@ from PIL import Image
 
 from project.data.submission import write_cla_csv, write_fea_csv
 from project.data.transforms import Preprocess
-from project.lexicon import DESCRIPTORS, LexiconModel, descriptor_vector
+from project.descriptors import DESCRIPTORS, LexiconModel, descriptor_vector
 from project.models.checkpoint import CheckpointConfig, save_checkpoint
 from project.models.factory import create_model
 from project.predict import Predictions, average_over_lesions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from project.data.classes import first_malignant_class
 from project.data.layout import Sample, Scan, load_split
 from project.data.samplers import OversamplingSampler, class_draw_weights
 from project.data.submission import CLA_FILE, write_cla_csv
+from project.descriptors import cross_fitted_probabilities
 from project.losses import (
     AuxiliaryHeadLoss,
     ClassificationLoss,
@@ -43,6 +45,7 @@ class ClassificationTask(Task):
     default_model = "convnext_tiny"
     default_lr = 4e-4
     partial = False  # set by configure when a training sample carries a coarse label
+    taught: dict[Path, torch.Tensor] = {}  # set by configure with --outline-teacher: training targets by image
     lesion_maps = True
 
     @classmethod
@@ -65,6 +68,10 @@ class ClassificationTask(Task):
         add("--weighted-loss", action=argparse.BooleanOptionalAction, default=False,
             help="inverse-frequency class weights in the loss")
         add("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
+        add("--outline-teacher", type=float, default=0.0,
+            help="distil the lexicon model of the training images' labelled outlines into their targets: "
+                 "(1 - w) x the class + w x the model's probabilities, cross-fitted over five patient-grouped "
+                 "splits of the training images (project.descriptors); e.g. 0.5, 0 = off")
         AuxiliaryColumn.add_arguments(parser, "e.g. BUS-BRA's pathology: benign / malignant")
 
     @classmethod
@@ -98,6 +105,28 @@ class ClassificationTask(Task):
             raise SystemExit("--ordinal-smoothing needs a fine label for every image (dataset.yaml coarse_labels)")
         if self.aux.classes and (self.partial or args.mixup > 0):
             raise SystemExit("--aux-column works with fine labels and without --mixup")
+        if args.outline_teacher > 0:
+            if self.partial or self.aux.classes or args.mixup > 0:
+                raise SystemExit("--outline-teacher works with fine labels, without --aux-column and --mixup")
+            self.taught = self._outline_taught_targets(train, args.outline_teacher, args.seed)
+
+    def _outline_taught_targets(self, train: Sequence[Sample], weight: float, seed: int) -> dict[Path, torch.Tensor]:
+        """Every training image's target: its class mixed with the cross-fitted lexicon model's grade of its
+        outline (Lopez-Paz et al., "Unifying distillation and privileged information", ICLR 2016); the class
+        alone where the image has no usable mask. Validation images keep their class index."""
+        try:
+            graded, skipped = cross_fitted_probabilities(train, self.labels, seed=seed)
+        except ValueError as exc:
+            raise SystemExit(f"--outline-teacher: {exc}") from None
+        print(f"outline teacher: {len(graded)} of {len(train)} training images graded by their outline; "
+              f"{len(skipped)} without a usable mask keep their class", file=sys.stderr)
+        targets = {}
+        for sample in train:
+            target = np.eye(len(self.labels))[sample.label]
+            if sample.path in graded:
+                target = (1 - weight) * target + weight * graded[sample.path]
+            targets[sample.path] = torch.tensor(target, dtype=torch.float32)
+        return targets
 
     def model_spec(self, args: argparse.Namespace) -> tuple[str, dict]:
         """ConvNeXt names get MyConvNeXt, my_efficientnet the same regularisation on an EfficientNet
@@ -156,10 +185,12 @@ class ClassificationTask(Task):
         return Mixup(mixup_alpha=args.mixup, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(self.labels))
 
     def target(self, sample: Sample) -> torch.Tensor:
-        """The class index (with an auxiliary head, [class, auxiliary class or -1]); in a partial-label
-        run, the mask of the classes the label allows."""
+        """The class index (with an auxiliary head, [class, auxiliary class or -1]); with --outline-teacher, a
+        training image's class probabilities; in a partial-label run, the mask of the classes the label allows."""
         if self.aux.classes:
             return torch.tensor([sample.label, self.aux.index(sample)])
+        if sample.path in self.taught:
+            return self.taught[sample.path]
         if not self.partial:
             return torch.tensor(sample.label, dtype=torch.long)
         allowed = (sample.label,) if sample.label is not None else sample.allowed
