@@ -1,4 +1,5 @@
-"""Lexicon descriptors of a lesion mask, the classifier on them, and its cross-validation on a dataset's folds."""
+"""Lexicon descriptors of a lesion mask, the classifier on them, its cross-validation on a dataset's folds and its
+distillation into the BI-RADS classifier's training targets (--outline-teacher)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,34 @@ import importlib.util
 import io
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
+from conftest import trainer_args
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from project.data.layout import class_folder_name, label_line
-from project.descriptors import DESCRIPTORS, LexiconModel, descriptor_vector, lesion_descriptors
+from project.data.layout import Sample, class_folder_name, label_line
+from project.descriptors import (
+    DESCRIPTORS,
+    LexiconModel,
+    cross_fitted_probabilities,
+    describe_labelled,
+    descriptor_vector,
+    lesion_descriptors,
+)
 from project.lexicon import cross_validate
 from project.lexicon import main as lexicon_main
 from project.phantom import LesionFeatures, render_image
+from project.tasks import ClassificationTask, create_task
+from project.training import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -257,3 +270,55 @@ def test_a_model_of_other_classes_is_refused_by_name() -> None:
     model.require_classes(["2", "3", "4", "5"], "the classifier's")
     with pytest.raises(ValueError, match=r"classes \['2', '3', '4', '5'\] are not the classifier's \['2', '3', '4A'"):
         model.require_classes(["2", "3", "4A", "4B", "4C", "5"], "the classifier's")
+
+
+def _training_images(root: Path) -> list[Sample]:
+    return ClassificationTask.load(root)[0].samples
+
+
+def test_cross_fitted_grades_come_from_models_that_never_saw_the_image(outlined: Path) -> None:
+    samples = _training_images(outlined)
+    graded, skipped = cross_fitted_probabilities(samples, CLASSES)
+    assert set(graded) == {s.path for s in samples} and skipped == {}
+    probs, labels = np.stack([graded[s.path] for s in samples]), np.array([s.label for s in samples])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    assert (probs.argmax(axis=1) == labels).mean() >= 0.8
+    # labels the outline cannot tell: a model fitted on all of them still fits them, cross-fitted grades do not
+    shuffled = np.random.default_rng(0).permutation(labels)
+    relabelled = [replace(s, label=int(label)) for s, label in zip(samples, shuffled, strict=True)]
+    held, _ = cross_fitted_probabilities(relabelled, CLASSES)
+    described, _ = describe_labelled(samples)
+    vectors = np.stack([described[s.path.name] for s in samples])
+    in_sample = LexiconModel.fit(vectors, shuffled, CLASSES).predict_proba(vectors)
+    rows = np.arange(len(samples))
+    held_truth = np.stack([held[s.path] for s in relabelled])[rows, shuffled]
+    assert held_truth.mean() < in_sample[rows, shuffled].mean() - 0.1
+
+
+def test_the_outline_teacher_mixes_its_grade_into_the_training_targets_only(outlined: Path) -> None:
+    samples = _training_images(outlined)
+    train, val = samples[:40], samples[40:]
+    train[0] = replace(train[0], mask=None)
+    task = create_task("cla", CLASSES)
+    task.configure(trainer_args(outline_teacher=0.5), train)
+    graded, _ = cross_fitted_probabilities(train, CLASSES)
+    assert train[0].path not in graded
+    assert task.target(train[0]).tolist() == np.eye(4)[train[0].label].tolist()
+    for sample in train[1:]:
+        expected = 0.5 * np.eye(4)[sample.label] + 0.5 * graded[sample.path]
+        np.testing.assert_allclose(task.target(sample).numpy(), expected, rtol=1e-6)
+    assert [task.target(s).dtype for s in val] == [torch.long] * len(val)
+    assert [int(task.target(s)) for s in val] == [s.label for s in val]
+    with pytest.raises(SystemExit, match="--outline-teacher works with fine labels, without --aux-column"):
+        task.configure(trainer_args(outline_teacher=0.5, mixup=0.2), train)
+
+
+def test_a_run_with_the_outline_teacher_trains_and_validates(outlined: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run(["--data", str(outlined), "--out", str(out), "--model", "resnet10t", "--img-size", "32", "--epochs", "1",
+         "--batch-size", "8", "--folds", "2", "--fold", "0", "--workers", "0", "--cutmix", "0.5",
+         "--outline-teacher", "0.5"], "cla")
+    with (out / "summary.csv").open(newline="") as handle:
+        summary = list(csv.DictReader(handle))
+    assert len(summary) == 1 and np.isfinite(float(summary[0]["train_loss"]))
+    assert 0.0 <= float(summary[0]["val_accuracy"]) <= 1.0
