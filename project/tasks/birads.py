@@ -105,10 +105,10 @@ class ClassificationTask(Task):
             raise SystemExit("--ordinal-smoothing needs a fine label for every image (dataset.yaml coarse_labels)")
         if self.aux.classes and (self.partial or args.mixup > 0):
             raise SystemExit("--aux-column works with fine labels and without --mixup")
-        if args.outline_teacher > 0:
-            if self.partial or self.aux.classes or args.mixup > 0:
-                raise SystemExit("--outline-teacher works with fine labels, without --aux-column and --mixup")
-            self.taught = self._outline_taught_targets(train, args.outline_teacher, args.seed)
+        if args.outline_teacher > 0 and (self.partial or self.aux.classes or args.mixup > 0):
+            raise SystemExit("--outline-teacher works with fine labels, without --aux-column and --mixup")
+        teacher = args.outline_teacher
+        self.taught = self._outline_taught_targets(train, teacher, args.seed) if teacher > 0 else {}
 
     def _outline_taught_targets(self, train: Sequence[Sample], weight: float, seed: int) -> dict[Path, torch.Tensor]:
         """Every training image's target: its class mixed with the cross-fitted lexicon model's grade of its
