@@ -206,14 +206,16 @@ def cross_fitted_probabilities(
 ) -> tuple[dict[Path, np.ndarray], dict[str, str]]:
     """Each labelled sample's lexicon-model probabilities, from a model fitted on the other splits' outlines.
 
-    The samples with a class and a usable labelled mask are split `splits` ways, stratified and grouped by
-    patient (project.data.splits.kfold_indices), so no lesion's own label enters its probabilities;
-    returns the probabilities by image path and, by image name, why the others have none.
+    The samples with a class and a usable labelled mask are split `splits` ways as cross-validation folds
+    are (project.data.splits.kfold_indices: stratified, one patient's images together), so no lesion's own
+    label enters its probabilities; returns the probabilities by image path and, by image name, why the
+    others have none.
     """
-    described, skipped = describe_labelled([s for s in samples if s.label is not None])
-    known = [s for s in samples if s.path.name in described]
+    labelled = [s for s in samples if s.label is not None]
+    described, skipped = describe_labelled(labelled)
+    known = [s for s in labelled if s.path.name in described]
     if len(known) < splits:
-        raise ValueError(f"{len(known)} training images have a class and a usable lesion mask; "
+        raise ValueError(f"{len(known)} images have a class and a usable lesion mask; "
                          f"cross-fitting the lexicon model needs at least {splits}")
     vectors = np.stack([described[s.path.name] for s in known])
     labels = np.array([s.label for s in known])

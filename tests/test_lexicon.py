@@ -311,6 +311,9 @@ def test_the_outline_teacher_mixes_its_grade_into_the_training_targets_only(outl
     assert [int(task.target(s)) for s in val] == [s.label for s in val]
     with pytest.raises(SystemExit, match="--outline-teacher works with fine labels, without --aux-column"):
         task.configure(trainer_args(outline_teacher=0.5, mixup=0.2), train)
+    unmasked = [replace(s, mask=None) for s in train[:30]] + train[30:34]
+    with pytest.raises(SystemExit, match="--outline-teacher: 4 images have a class and a usable lesion mask"):
+        task.configure(trainer_args(outline_teacher=0.5), unmasked)
 
 
 def test_a_run_with_the_outline_teacher_trains_and_validates(outlined: Path, tmp_path: Path) -> None:
