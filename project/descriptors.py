@@ -9,6 +9,7 @@ class-balanced logistic regression on them (LexiconModel) is a transparent class
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,12 @@ def describe_labelled(samples: Sequence[Sample]) -> tuple[dict[str, np.ndarray],
         except (ImageReadError, ValueError) as exc:
             errors[sample.path.name] = str(exc)
     return found, errors
+
+
+def print_skipped(skipped: dict[str, str]) -> None:
+    """Name each image left out, and why, on stderr."""
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}", file=sys.stderr)
 
 
 def cross_fitted_probabilities(

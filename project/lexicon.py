@@ -23,7 +23,14 @@ from tqdm import tqdm
 
 from project.data.imageio import ImageReadError, read_image
 from project.data.layout import Sample, list_images, load_split
-from project.descriptors import DESCRIPTORS, LexiconModel, describe_file, describe_labelled, descriptor_vector
+from project.descriptors import (
+    DESCRIPTORS,
+    LexiconModel,
+    describe_file,
+    describe_labelled,
+    descriptor_vector,
+    print_skipped,
+)
 from project.fileio import atomic_write_csv, atomic_write_text, read_csv_rows
 from project.localise import lesion_probability_maps, peak_region
 from project.predict import Predictions, average_over_lesions, load_members
@@ -215,11 +222,6 @@ def _check_localiser_fold(run: Path, val: Sequence[Sample]) -> None:
                           "trained on the images it would describe")
 
 
-def _list_skipped(skipped: dict[str, str]) -> None:
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m project.lexicon", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -243,13 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "column":
             classes, skipped = add_outline_column(args.data, args.name)
-            _list_skipped(skipped)
+            print_skipped(skipped)
             counts = ", ".join(f"{name} {count}" for name, count in sorted(Counter(classes.values()).items()))
             print(f"{args.name}: {counts} ({len(skipped)} images without a usable mask)")
             return 0
         if args.command == "fit":
             used, skipped = fit_dataset(args.data, args.out)
-            _list_skipped(skipped)
+            print_skipped(skipped)
             print(f"fitted on {used} lesion masks ({len(skipped)} images without one) -> {args.out}")
             return 0
         rows = cross_validate(args.data, args.out, args.localiser_from, args.with_report, args.lesion_column,

@@ -295,12 +295,13 @@ def test_cross_fitted_grades_come_from_models_that_never_saw_the_image(outlined:
     assert held_truth.mean() < in_sample[rows, shuffled].mean() - 0.1
 
 
-def test_the_outline_teacher_mixes_its_grade_into_the_training_targets_only(outlined: Path) -> None:
+def test_the_outline_teacher_mixes_its_grade_into_the_training_targets_only(outlined: Path, capsys) -> None:
     samples = _training_images(outlined)
     train, val = samples[:40], samples[40:]
     train[0] = replace(train[0], mask=None)
     task = create_task("cla", CLASSES)
     task.configure(trainer_args(outline_teacher=0.5), train)
+    assert f"skipped {train[0].path.name}: no labelled mask" in capsys.readouterr().err
     graded, _ = cross_fitted_probabilities(train, CLASSES)
     assert train[0].path not in graded
     assert task.target(train[0]).tolist() == np.eye(4)[train[0].label].tolist()

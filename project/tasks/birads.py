@@ -17,7 +17,7 @@ from project.data.classes import first_malignant_class
 from project.data.layout import Sample, Scan, load_split
 from project.data.samplers import OversamplingSampler, class_draw_weights
 from project.data.submission import CLA_FILE, write_cla_csv
-from project.descriptors import cross_fitted_probabilities
+from project.descriptors import cross_fitted_probabilities, print_skipped
 from project.losses import (
     AuxiliaryHeadLoss,
     ClassificationLoss,
@@ -118,6 +118,7 @@ class ClassificationTask(Task):
             graded, skipped = cross_fitted_probabilities(train, self.labels, seed=seed)
         except ValueError as exc:
             raise SystemExit(f"--outline-teacher: {exc}") from None
+        print_skipped(skipped)
         print(f"outline teacher: {len(graded)} of {len(train)} training images graded by their outline; "
               f"{len(skipped)} without a usable mask keep their class", file=sys.stderr)
         targets = {}
