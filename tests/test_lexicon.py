@@ -313,8 +313,10 @@ def test_the_outline_teacher_mixes_its_grade_into_the_training_targets_only(outl
     with pytest.raises(SystemExit, match="--outline-teacher works with fine labels, without --aux-column"):
         task.configure(trainer_args(outline_teacher=0.5, mixup=0.2), train)
     unmasked = [replace(s, mask=None) for s in train[:30]] + train[30:34]
-    with pytest.raises(SystemExit, match="--outline-teacher: 4 images have a class and a usable lesion mask"):
+    too_few = "--outline-teacher: 4 images have a class and a usable lesion mask"
+    with pytest.raises(SystemExit, match=too_few) as refused:
         task.configure(trainer_args(outline_teacher=0.5), unmasked)
+    assert str(refused.value).endswith("--outline-teacher 0 trains without it")
 
 
 def test_a_run_with_the_outline_teacher_trains_and_validates(outlined: Path, tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ class ClassificationTask(Task):
         try:
             graded, skipped = cross_fitted_probabilities(train, self.labels, seed=seed)
         except ValueError as exc:
-            raise SystemExit(f"--outline-teacher: {exc}") from None
+            raise SystemExit(f"--outline-teacher: {exc}; --outline-teacher 0 trains without it") from None
         print_skipped(skipped)
         print(f"outline teacher: {len(graded)} of {len(train)} training images graded by their outline; "
               f"{len(skipped)} without a usable mask keep their class", file=sys.stderr)
