@@ -39,6 +39,7 @@ from project.report import (
     Validation,
     lesions_from_metadata,
     malignancy,
+    read_prediction_file,
     write_cv_tables,
     write_prediction_files,
 )
@@ -148,18 +149,13 @@ def _fold_samples(samples: Sequence[Sample], root: Path) -> dict[int, list[Sampl
 
 def _report_probs(report_fold: Path, val: Sequence[Sample], names: Sequence[str]) -> np.ndarray:
     """The probabilities a classifier's report (project.report) on the fold `val` gave `names`, in this order."""
-    path = report_fold / "predictions.csv"
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = {row["img_name"]: row for row in csv.DictReader(handle)}
-    except OSError as exc:
-        raise ReportError(f"{path}: cannot read ({exc.strerror})") from None
-    missing = sorted(set(names) - set(rows))
-    if missing or len(rows) != len(val):
-        raise ReportError(f"{path}: scores other images than this fold's ({len(rows)} against {len(val)}; "
-                          f"missing {missing[:5]})")
-    width = sum(1 for key in next(iter(rows.values())) if key.startswith("prob_"))
-    return np.array([[float(rows[n][f"prob_{k}"]) for k in range(width)] for n in names])
+    scored, _, probs = read_prediction_file(report_fold)
+    row_of = {name: i for i, name in enumerate(scored)}
+    missing = sorted(set(names) - set(row_of))
+    if missing or len(row_of) != len(val):
+        raise ReportError(f"{report_fold / 'predictions.csv'}: scores other images than this fold's "
+                          f"({len(row_of)} against {len(val)}; missing {missing[:5]})")
+    return probs[[row_of[n] for n in names]]
 
 
 def cross_validate(

@@ -25,7 +25,7 @@ from project.data.classes import MALIGNANT_FROM, first_malignant_class
 from project.data.layout import Box, LabelError, Sample, labelled_box, load_config
 from project.data.submission import write_cla_csv
 from project.evaluate import evaluate_folders
-from project.fileio import atomic_write_csv, atomic_write_text, numeric_order_key
+from project.fileio import atomic_write_csv, atomic_write_text, numeric_order_key, read_csv_rows
 from project.localise import box_iou, locate_lesions
 from project.models.checkpoint import CheckpointError
 from project.models.lesion_map import WithLesionMap
@@ -401,6 +401,24 @@ def write_prediction_files(validation: Validation, out: Path) -> dict:
     write_cla_csv(out / "pred" / "cla_pre.csv", dict(zip(names, validation.probs.argmax(axis=1).tolist())))
     write_cla_csv(out / "gt" / "cla_gt.csv", dict(zip(names, labels)))
     return evaluate_folders(out / "pred", out / "gt", validation.classes)["cla"]
+
+
+def read_prediction_file(report_fold: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Image names, labels and probabilities of a report's REPORT_FOLD/predictions.csv, in its order."""
+    path = Path(report_fold) / "predictions.csv"
+    try:
+        rows = read_csv_rows(path, ["img_name", "label", "prob_0"], ReportError)
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read ({exc.strerror})") from None
+    if not rows:
+        raise ReportError(f"{path}: no predictions")
+    width = sum(1 for key in rows[0] if key.startswith("prob_"))
+    try:
+        probs = np.array([[float(row[f"prob_{k}"]) for k in range(width)] for row in rows], dtype=np.float64)
+        labels = np.array([int(row["label"]) for row in rows], dtype=np.int64)
+    except (TypeError, ValueError) as exc:  # an empty or non-numeric cell
+        raise ReportError(f"{path}: not a report's predictions ({exc})") from None
+    return [row["img_name"] for row in rows], labels, probs
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
