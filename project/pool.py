@@ -76,13 +76,18 @@ def pooled_probabilities(report_folds: Sequence[Path]) -> tuple[list[str], np.nd
     return names, labels, total / len(report_folds)
 
 
-def _dataset_samples(names: Sequence[str], labels: np.ndarray, data: Path, source: Path) -> list[Sample]:
-    """The dataset's samples of `names`, checked against the labels the report scored them with."""
+def _load_dataset(data: Path) -> tuple[dict[str, Sample], list[str]]:
+    """The dataset's labelled samples by image name, and its classes."""
     try:
-        scan, _ = load_split(data)
+        scan, config = load_split(data)
     except (LabelError, OSError) as exc:
         raise ReportError(f"{data}: cannot read the dataset ({exc})") from None
-    by_name = {s.path.name: s for s in scan.samples}
+    return {s.path.name: s for s in scan.samples}, list(config.classes)
+
+
+def _dataset_samples(names: Sequence[str], labels: np.ndarray, by_name: dict[str, Sample], data: Path,
+                     source: Path) -> list[Sample]:
+    """The dataset's samples of `names`, checked against the labels the report scored them with."""
     missing = [n for n in names if n not in by_name]
     if missing:
         raise ReportError(f"{source}: {len(missing)} image(s) not in {data}, e.g. {missing[:3]}")
@@ -100,11 +105,11 @@ def pool_reports(reports: Sequence[Path], data: Path, out: Path, lesion_column: 
     for report in reports[1:]:
         if set(report_folds(report)) != set(folds):
             raise ReportError(f"{report}: folds {report_folds(report)} differ from {reports[0]}'s {folds}")
-    classes = list(load_split(data)[1].classes)
+    by_name, classes = _load_dataset(data)
     metrics_by_fold, splits = {}, {}
     for fold in folds:
         names, labels, probs = pooled_probabilities([r / fold for r in reports])
-        samples = _dataset_samples(names, labels, data, reports[0] / fold / "predictions.csv")
+        samples = _dataset_samples(names, labels, by_name, data, reports[0] / fold / "predictions.csv")
         lesions = None
         if lesion_column:
             lesion_of = lesions_from_metadata(samples, lesion_column, data)
