@@ -2,7 +2,8 @@
 
 A report keeps each fold's probabilities (fold<k>/predictions.csv), so models whose checkpoints are gone (a
 lent machine's runs) or live on other machines can still be averaged, as `project.report --members-from`
-averages checkpoints: the same images, the mean of the members' probabilities, then the same metrics.
+averages checkpoints: the same images, the mean of the members' probabilities, then the same metrics. One
+report with a lesion column re-scores it per lesion without predicting again.
 """
 
 from __future__ import annotations
@@ -130,14 +131,13 @@ def pool_reports(reports: Sequence[Path], data: Path, out: Path, lesion_column: 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m project.pool", description=__doc__.splitlines()[0])
     parser.add_argument("reports", type=Path, nargs="+", metavar="REPORT",
-                        help="project.report --cv folders of the same folds, scored per image")
+                        help="project.report --cv folders of the same folds, scored per image (one report with "
+                             "--lesion-column: that report per lesion)")
     parser.add_argument("--data", type=Path, required=True, help="the dataset root the reports scored")
     parser.add_argument("--out", type=Path, required=True, help="report folder (<fold>/ and cv.md, cv.json)")
     parser.add_argument("--lesion-column", metavar="COLUMN",
                         help="score the images of one lesion with the mean of their pooled probabilities")
     args = parser.parse_args(argv)
-    if len(args.reports) < 2:
-        parser.error("pool two reports or more")
     try:
         pool_reports(args.reports, args.data, args.out, args.lesion_column)
     except ReportError as exc:

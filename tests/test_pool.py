@@ -79,6 +79,16 @@ def test_the_lesion_column_averages_the_pooled_views_of_each_lesion(dataset: Pat
     assert json.loads((tmp_path / "pool" / "fold0" / "metrics.json").read_text())["lesions"] == 4
 
 
+def test_one_report_with_a_lesion_column_is_rescored_per_lesion(dataset: Path, tmp_path: Path, capsys) -> None:
+    alone = _write_report(tmp_path / "a", dataset, seed=1)
+    argv = [str(tmp_path / "a"), "--data", str(dataset), "--out", str(tmp_path / "les"), "--lesion-column", "lesion"]
+    assert pool_main(argv) == 0
+    assert "| **mean ± sd** | 16 |" in capsys.readouterr().out
+    _, labels, probs = read_prediction_file(tmp_path / "les" / "fold1")
+    views = labels == 2
+    assert probs[views] == pytest.approx(np.tile(alone["fold1"][1][views].mean(axis=0), (2, 1)), abs=1e-6)
+
+
 def _edit_fold(report: Path, fold: str, edit) -> None:
     path = report / fold / "predictions.csv"
     lines = path.read_text().splitlines()
