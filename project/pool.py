@@ -39,7 +39,10 @@ def report_folds(report: Path) -> list[str]:
         raise ReportError(f"{report}: no <fold>/predictions.csv; is it a project.report --cv folder?")
     cv = report / "cv.json"
     if cv.is_file():
-        listed = [row["fold"] for row in json.loads(cv.read_text(encoding="utf-8")) if row["fold"] in folds]
+        try:
+            listed = [row["fold"] for row in json.loads(cv.read_text(encoding="utf-8")) if row["fold"] in folds]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ReportError(f"{cv}: not a readable cv.json ({exc!r})") from None
         folds = listed + [f for f in folds if f not in listed]
     return folds
 

@@ -144,3 +144,10 @@ def test_a_damaged_predictions_file_is_named(tmp_path: Path) -> None:
     (folder / "predictions.csv").write_text("img_name,label,prob_0\n")
     with pytest.raises(ReportError, match="predictions.csv: no predictions"):
         read_prediction_file(folder)
+
+
+def test_a_damaged_cv_table_is_named(dataset: Path, tmp_path: Path) -> None:
+    _write_report(tmp_path / "a", dataset, seed=1)
+    (tmp_path / "a" / "cv.json").write_text("[{\"fold\": ")
+    with pytest.raises(ReportError, match="cv.json: not a readable cv.json"):
+        pool_reports([tmp_path / "a"], dataset, tmp_path / "pool")
