@@ -5,11 +5,12 @@
 A model trained on one dataset (BUS-BRA: 2, 3, 4, 5) meets another with finer classes (BrEaST:
 2, 3, 4A, 4B, 4C, 5): each of the dataset's classes is scored as the model class of the same
 BI-RADS category (4A, 4B and 4C as 4). Every checkpoint is scored alone, then their ensemble (the
-run.py path: same preprocessing, probabilities averaged). Figures: the challenge cla score,
-macro-F1, accuracy, quadratic κ, and the malignancy AUC of P(BI-RADS ≥ 4) against BI-RADS ≥ 4 and
-against the dataset's `pathology` metadata (biopsy or follow-up). The ensemble's probabilities go
-to DIR/cla_prob.csv. With `--lexicon FILE` (project.lexicon), its grade of each image's labelled
-outline (the dataset's masks) is scored alone and averaged with the ensemble's, after the ensemble.
+run.py path: same preprocessing, probabilities averaged; `--tta` adds run.py's mirrored view).
+Figures: the challenge cla score, macro-F1, accuracy, quadratic κ, and the malignancy AUC of
+P(BI-RADS ≥ 4) against BI-RADS ≥ 4 and against the dataset's `pathology` metadata (biopsy or
+follow-up). The ensemble's probabilities go to DIR/cla_prob.csv. With `--lexicon FILE`
+(project.lexicon), its grade of each image's labelled outline (the dataset's masks) is scored
+alone and averaged with the ensemble's, after the ensemble.
 """
 
 from __future__ import annotations
@@ -74,15 +75,18 @@ def figures(samples: Sequence[Sample], truth: np.ndarray, probs: np.ndarray, cla
     }
 
 
-def evaluate(samples: Sequence[Sample], dataset_classes: Sequence[str], members: Sequence[Member], device) -> dict:
-    """{checkpoint name or 'ensemble': figures}, plus the ensemble's probabilities and image names."""
+def evaluate(
+    samples: Sequence[Sample], dataset_classes: Sequence[str], members: Sequence[Member], device, tta: bool = False
+) -> dict:
+    """{checkpoint name or 'ensemble': figures}, plus the ensemble's probabilities and image names; with `tta`
+    each checkpoint's probabilities are the mean over the image and its horizontal flip."""
     classes = members[0].config.labels
     mapping = np.array(map_classes(dataset_classes, classes))
     truth = mapping[[s.label for s in samples]]
     paths = [s.path for s in samples]
     results, probs = {}, []
     for member in members:
-        predictions = predict_folder(paths, [member], device, workers=0, desc=member.path.parent.name)
+        predictions = predict_folder(paths, [member], device, workers=0, tta=tta, desc=member.path.parent.name)
         if predictions.errors:
             raise ValueError(f"unreadable images: {predictions.errors}")
         probs.append(predictions.probs)
@@ -141,13 +145,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for cv.md and cla_prob.csv")
     parser.add_argument("--lexicon", type=Path, metavar="JSON",
                         help="also score this lexicon model (python -m project.lexicon fit) on the labelled outlines")
+    parser.add_argument("--tta", action="store_true",
+                        help="average each image with its horizontal flip, as run.py --tta")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     members = load_members(args.weights, device)
     scan, dataset_classes = members[0].task.load(args.data)
     try:
-        result = evaluate(scan.samples, dataset_classes, members, device)
+        result = evaluate(scan.samples, dataset_classes, members, device, tta=args.tta)
         after = lexicon_figures(scan.samples, result, LexiconModel.load(args.lexicon)) if args.lexicon else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

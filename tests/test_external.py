@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from project.data.layout import Sample
@@ -15,6 +16,7 @@ from project.descriptors import DESCRIPTORS, LexiconModel, describe_file
 from project.external import COLUMNS, ClassMappingError, figures, main, map_classes
 from project.models.checkpoint import CheckpointConfig, save_checkpoint
 from project.models.factory import create_model
+from project.predict import load_members, predict_folder
 
 
 def test_finer_classes_map_onto_the_coarse_category_and_equal_names_onto_themselves() -> None:
@@ -102,3 +104,26 @@ def test_a_lexicon_model_is_scored_on_the_labelled_outlines_alone_and_with_the_e
     assert main(["--weights", str(weights), "--data", str(phantom_small), "--out", str(tmp_path / "none"),
                  "--lexicon", str(tmp_path / "lexicon.json")]) == 2
     assert "without a labelled outline (masks/)" in capsys.readouterr().err
+
+
+def test_tta_scores_each_image_as_the_mean_of_it_and_its_mirror_image(phantom_small: Path, tmp_path: Path) -> None:
+    kwargs = {"num_classes": 4}
+    weights = tmp_path / "cls.safetensors"
+    save_checkpoint(weights, create_model("resnet10t", **kwargs),
+                    CheckpointConfig("cla", "resnet10t", kwargs, ["2", "3", "4", "5"], Preprocess(32).to_dict()))
+    images = sorted((phantom_small / "train" / "cla").glob("*/images/*.jpg"))
+    mirrored = tmp_path / "mirrored"
+    mirrored.mkdir()
+    for index, image in enumerate(images):  # PNG: the mirror of the decoded pixels, without a second JPEG loss
+        Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored / f"{index}.png")
+    members = load_members([weights], torch.device("cpu"))
+    plain = predict_folder(images, members, torch.device("cpu"), workers=0).probs
+    mirror = predict_folder([mirrored / f"{i}.png" for i in range(len(images))], members, torch.device("cpu"),
+                            workers=0).probs
+
+    assert main(["--weights", str(weights), "--data", str(phantom_small), "--out", str(tmp_path / "tta"), "--tta"]) == 0
+
+    with (tmp_path / "tta" / "cla_prob.csv").open() as handle:
+        scored = {row["img_name"]: [float(row[c]) for c in "2345"] for row in csv.DictReader(handle)}
+    assert len(images) > 0 and not np.allclose(plain, mirror, atol=1e-3)  # the model is not mirror-symmetric
+    np.testing.assert_allclose([scored[image.name] for image in images], (plain + mirror) / 2, atol=1e-4)
