@@ -8,9 +8,9 @@ BI-RADS category (4A, 4B and 4C as 4). Every checkpoint is scored alone, then th
 run.py path: same preprocessing, probabilities averaged; `--tta` adds run.py's mirrored view).
 Figures: the challenge cla score, macro-F1, accuracy, quadratic κ, and the malignancy AUC of
 P(BI-RADS ≥ 4) against BI-RADS ≥ 4 and against the dataset's `pathology` metadata (biopsy or
-follow-up). The ensemble's probabilities go to DIR/cla_prob.csv. With `--lexicon FILE`
-(project.lexicon), its grade of each image's labelled outline (the dataset's masks) is scored
-alone and averaged with the ensemble's, after the ensemble.
+follow-up); then the ensemble's recall and F1 per class. The ensemble's probabilities go to
+DIR/cla_prob.csv. With `--lexicon FILE` (project.lexicon), its grade of each image's labelled
+outline (the dataset's masks) is scored alone and averaged with the ensemble's, after the ensemble.
 """
 
 from __future__ import annotations
@@ -138,6 +138,18 @@ def markdown(results: dict[str, dict], after: dict[str, dict] | None = None) -> 
     return "\n".join(lines) + "\n"
 
 
+def per_class_markdown(truth: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> str:
+    """The ensemble's recall and F1 per model class, with how many images are of it and how many it was given."""
+    predicted = probs.argmax(axis=1)
+    report = classification_report(truth, predicted, classes)
+    counts = np.bincount(predicted, minlength=len(classes))
+    lines = ["| the ensemble, per class | images | predicted | recall | F1 |", "|---|---:|---:|---:|---:|"]
+    for index, name in enumerate(classes):
+        row = report["per_class"][name]
+        lines.append(f"| {name} | {row['support']} | {counts[index]} | {row['recall']:.3f} | {row['f1']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m project.external", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, nargs="+", required=True, help="classifier checkpoints")
@@ -159,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    table = markdown(result["figures"], after)
+    table = markdown(result["figures"], after) + "\n" + per_class_markdown(
+        result["truth"], result["probs"], result["classes"])
     atomic_write_text(args.out / "external.md", table)
     columns = members[0].task.probability_columns(result["probs"])
     write_probability_csv(args.out / "cla_prob.csv", result["names"], columns)

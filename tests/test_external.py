@@ -55,6 +55,11 @@ def test_the_cli_scores_each_checkpoint_and_their_ensemble(phantom_small: Path, 
     with (tmp_path / "ext" / "cla_prob.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["img_name", "2", "3", "4", "5", "malignancy"] and len(rows) > 0
+    cells = [line.split("|")[1:-1] for line in table[table.index("| the ensemble, per class |"):].splitlines()[2:]]
+    given = np.bincount([int(np.argmax([float(row[c]) for c in "2345"])) for row in rows], minlength=4)
+    assert [cell[0].strip() for cell in cells] == ["2", "3", "4", "5"]
+    assert sum(int(cell[1]) for cell in cells) == len(rows)  # every image counted once, under its mapped class
+    assert [int(cell[2]) for cell in cells] == given.tolist()
 
 
 def test_a_lexicon_model_is_scored_on_the_labelled_outlines_alone_and_with_the_ensemble(
@@ -88,7 +93,7 @@ def test_a_lexicon_model_is_scored_on_the_labelled_outlines_alone_and_with_the_e
             "--lexicon", str(tmp_path / "lexicon.json")]
     assert main(argv) == 0
 
-    lines = (tmp_path / "ext" / "external.md").read_text().splitlines()
+    lines = (tmp_path / "ext" / "external.md").read_text().split("\n\n")[0].splitlines()
     assert lines[-3].startswith("| **ensemble** |")
     assert lines[-2].startswith("| lexicon model (labelled outlines) |")
     with (tmp_path / "ext" / "cla_prob.csv").open() as handle:
