@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m project.external", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, nargs="+", required=True, help="classifier checkpoints")
     parser.add_argument("--data", type=Path, required=True, help="dataset in the challenge layout (train/cla)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for cv.md and cla_prob.csv")
+    parser.add_argument("--out", type=Path, required=True, help="folder for external.md and cla_prob.csv")
     parser.add_argument("--lexicon", type=Path, metavar="JSON",
                         help="also score this lexicon model (python -m project.lexicon fit) on the labelled outlines")
     parser.add_argument("--tta", action="store_true",
