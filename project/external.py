@@ -84,16 +84,13 @@ def evaluate(
     mapping = np.array(map_classes(dataset_classes, classes))
     truth = mapping[[s.label for s in samples]]
     paths = [s.path for s in samples]
-    results, probs = {}, []
-    for member in members:
-        predictions = predict_folder(paths, [member], device, workers=0, tta=tta, desc=member.path.parent.name)
-        if predictions.errors:
-            raise ValueError(f"unreadable images: {predictions.errors}")
-        probs.append(predictions.probs)
-        results[str(member.path)] = figures(samples, truth, predictions.probs, classes)
-    ensemble = np.mean(probs, axis=0)
-    results["ensemble"] = figures(samples, truth, ensemble, classes)
-    return {"figures": results, "probs": ensemble, "names": [p.name for p in paths], "classes": classes,
+    predictions = predict_folder(paths, members, device, workers=0, tta=tta, desc="external")
+    if predictions.errors:
+        raise ValueError(f"unreadable images: {predictions.errors}")
+    results = {str(member.path): figures(samples, truth, probs, classes)
+               for member, probs in zip(members, predictions.member_probs, strict=True)}
+    results["ensemble"] = figures(samples, truth, predictions.probs, classes)
+    return {"figures": results, "probs": predictions.probs, "names": [p.name for p in paths], "classes": classes,
             "truth": truth}
 
 

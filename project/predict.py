@@ -42,11 +42,13 @@ class Member:
 
 @dataclass
 class Predictions:
-    """Ensemble-mean probabilities of the readable images, and why the others were skipped; `aux`: the mean
-    of the auxiliary head's probabilities over the members that have the head (None where none has)."""
+    """Ensemble-mean probabilities of the readable images, and why the others were skipped; `member_probs`:
+    each member's own [members, images, labels]; `aux`: the mean of the auxiliary head's probabilities over
+    the members that have the head (None where none has)."""
 
     names: list[str] = field(default_factory=list)
     probs: np.ndarray | None = None
+    member_probs: np.ndarray | None = None
     aux: np.ndarray | None = None
     aux_head: AuxiliaryColumn = field(default_factory=AuxiliaryColumn)
     errors: dict[str, str] = field(default_factory=dict)
@@ -139,11 +141,11 @@ def _member_probs(
     return probs, aux
 
 
-def _groups_by_preprocess(members: Sequence[Member]) -> list[list[Member]]:
-    """Members sharing preprocessing share one pass over the images."""
-    groups: dict[str, list[Member]] = {}
-    for member in members:
-        groups.setdefault(repr(member.preprocess), []).append(member)
+def _groups_by_preprocess(members: Sequence[Member]) -> list[list[int]]:
+    """The members' positions, grouped so that members sharing preprocessing share one pass over the images."""
+    groups: dict[str, list[int]] = {}
+    for position, member in enumerate(members):
+        groups.setdefault(repr(member.preprocess), []).append(position)
     return list(groups.values())
 
 
@@ -167,29 +169,30 @@ def predict_folder(
     started = time.perf_counter()
     dtype = autocast_dtype("auto", device)
     width = len(members[0].config.labels)
-    sums = np.zeros((len(paths), width), dtype=np.float64)
+    member_probs = np.zeros((len(members), len(paths), width), dtype=np.float64)
     head = auxiliary_head(members)
     aux_sums = np.zeros((len(paths), len(head.classes)), dtype=np.float64)
     errors: dict[int, str] = {}
     groups = _groups_by_preprocess(members)
     for group in groups:
-        dataset = ImageFolderDataset(paths, group[0].preprocess, boxes)
+        dataset = ImageFolderDataset(paths, members[group[0]].preprocess, boxes)
         loader = make_loader(dataset, batch_size, workers, collate_fn=collate_images)
         for indices, images, bad, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=len(paths) == 0):
             errors.update(bad)
             if images is None:
                 continue
             images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-            for member in group:
-                probs, aux = _member_probs(member, images, tta, dtype)
-                sums[indices] += probs.cpu().numpy()
+            for position in group:
+                probs, aux = _member_probs(members[position], images, tta, dtype)
+                member_probs[position, indices] = probs.cpu().numpy()
                 if aux is not None:
                     aux_sums[indices] += aux.cpu().numpy()
     good = [i for i in range(len(paths)) if i not in errors]
     carriers = sum(bool(member.task.aux.classes) for member in members)
     return Predictions(
         names=[paths[i].name for i in good],
-        probs=(sums[good] / len(members)).astype(np.float32),
+        probs=member_probs[:, good].mean(axis=0).astype(np.float32),
+        member_probs=member_probs[:, good].astype(np.float32),
         aux=(aux_sums[good] / carriers).astype(np.float32) if carriers else None,
         aux_head=head,
         errors={paths[i].name: reason for i, reason in sorted(errors.items())},
@@ -216,8 +219,8 @@ def lesion_keys(names: Sequence[str], lesion_of: Mapping[str, str]) -> list[tupl
 
 
 def average_over_lesions(predictions: Predictions, lesion_of: Mapping[str, str]) -> Predictions:
-    """Each image's probabilities (and auxiliary ones) replaced by the mean over the readable images of its
-    lesion, as a reader grades a lesion from all its views."""
+    """Each image's probabilities (each member's, and auxiliary ones) replaced by the mean over the readable
+    images of its lesion, as a reader grades a lesion from all its views."""
     index: dict[tuple[str, str], int] = {}
     group = np.array([index.setdefault(key, len(index)) for key in lesion_keys(predictions.names, lesion_of)],
                      dtype=np.int64)
@@ -229,7 +232,10 @@ def average_over_lesions(predictions: Predictions, lesion_of: Mapping[str, str])
         np.add.at(sums, group, values)
         return (sums / np.bincount(group, minlength=len(index))[:, None])[group].astype(values.dtype)
 
-    return replace(predictions, probs=mean_within(predictions.probs), aux=mean_within(predictions.aux))
+    members = None if predictions.member_probs is None else np.stack(
+        [mean_within(probs) for probs in predictions.member_probs])
+    return replace(predictions, probs=mean_within(predictions.probs), member_probs=members,
+                   aux=mean_within(predictions.aux))
 
 
 def ensemble_thresholds(members: Sequence[Member]) -> dict[str, float]:

@@ -173,12 +173,38 @@ def test_probabilities_files_follow_the_label_files_row_for_row(tmp_path: Path, 
     assert decided == [[int(r["boundary"]), int(r["shape"])] for r in _rows(out / "fea_pre.csv")]
 
 
+def test_each_members_probabilities_are_its_own_across_preprocessing_groups(tmp_path: Path) -> None:
+    from project.predict import Member, predict_folder
+
+    _good_files(tmp_path / "images")
+    paths = sorted((tmp_path / "images").iterdir())
+    members = []
+    for seed, size in ((0, 32), (1, 48), (2, 32)):
+        torch.manual_seed(seed)
+        kwargs = {"num_classes": 4}
+        config = CheckpointConfig("cla", "resnet10t", kwargs, ["2", "3", "4", "5"], Preprocess(size).to_dict())
+        model = create_model("resnet10t", **kwargs).eval()
+        members.append(Member(model, config, Preprocess(size), tmp_path / f"m{seed}.safetensors"))
+
+    together = predict_folder(paths, members, torch.device("cpu"), workers=0, tta=True)
+
+    assert together.member_probs.shape == (3, len(paths), 4)
+    for member, probs in zip(members, together.member_probs, strict=True):
+        alone = predict_folder(paths, [member], torch.device("cpu"), workers=0, tta=True).probs
+        np.testing.assert_allclose(probs, alone, atol=1e-6)
+    np.testing.assert_allclose(together.probs, together.member_probs.mean(axis=0), atol=1e-6)
+    assert not np.allclose(together.member_probs[0], together.member_probs[2])
+
+
 def test_average_over_lesions_replaces_each_view_by_its_lesions_mean() -> None:
     probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.3, 0.7]], dtype=np.float32)
     aux = np.array([[1.0], [0.0], [0.5], [0.25]], dtype=np.float32)
-    before = Predictions(names=["a.png", "b.png", "c.png", "d.png"], probs=probs, aux=aux, errors={"e.png": "empty"})
+    before = Predictions(names=["a.png", "b.png", "c.png", "d.png"], probs=probs, aux=aux, errors={"e.png": "empty"},
+                         member_probs=np.stack([probs, probs[::-1]]))
     after = average_over_lesions(before, {"a.png": "L1", "c.png": "L1", "b.png": "L2", "gone.png": "L1"})
     np.testing.assert_allclose(after.probs, [[0.75, 0.25], [0.1, 0.9], [0.75, 0.25], [0.3, 0.7]])
+    np.testing.assert_allclose(after.member_probs[0], after.probs)
+    np.testing.assert_allclose(after.member_probs[1], [[0.2, 0.8], [0.6, 0.4], [0.2, 0.8], [0.9, 0.1]])
     np.testing.assert_allclose(after.aux, [[0.75], [0.0], [0.75], [0.25]])
     assert (after.names, after.errors) == (before.names, before.errors)
     assert after.probs.dtype == np.float32
