@@ -31,3 +31,23 @@ def test_scratch_learning_writes_one_row_per_model(tmp_path: Path) -> None:
         assert float(row["best_val_score"]) >= float(row["last_val_score"])
         assert row["best_epoch"] in ("1", "2")
         assert 0.0 < float(row["chance"]) < 0.5 and 0.0 < float(row["majority_baseline"]) < 0.5
+
+
+def test_tta_zoom_keeps_the_size_pads_a_shrunk_view_and_crops_an_enlarged_one() -> None:
+    import torch
+
+    zoom = _load("tta_zoom").zoom
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    fill = torch.tensor([-1.0, -2.0, -3.0]).view(1, 3, 1, 1)
+    assert zoom(images, 1.0, fill).equal(images)
+    shrunk = zoom(images, 0.5, fill)
+    assert shrunk.shape == images.shape
+    for channel, value in enumerate((-1.0, -2.0, -3.0)):
+        border = torch.ones(8, 8, dtype=torch.bool)
+        border[2:6, 2:6] = False
+        assert (shrunk[:, channel][:, border] == value).all()
+        assert (shrunk[:, channel, 2:6, 2:6] > 0).all()
+    enlarged = zoom(images, 2.0, fill)
+    assert enlarged.shape == images.shape
+    centre = images[..., 2:6, 2:6].mean(dim=(-2, -1))
+    assert torch.allclose(enlarged.mean(dim=(-2, -1)), centre, atol=1e-4)
