@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score, roc_auc_score
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -62,9 +63,11 @@ def view_probabilities(fold: Path, data: Path, workers: int) -> tuple[np.ndarray
     black = (0 - torch.tensor(member.preprocess.mean)) / torch.tensor(member.preprocess.std)
     fill = black.view(1, -1, 1, 1)
     probs = np.zeros((6, len(rows), len(member.config.labels)), dtype=np.float64)
-    for indices, images, bad, _ in make_loader(dataset, 32, workers, collate_fn=collate_images):
+    loader = make_loader(dataset, 32, workers, collate_fn=collate_images)
+    for indices, images, bad, _ in tqdm(loader, desc=fold.name, unit="batch", leave=False):
         if bad:
-            raise ValueError(f"{fold}: unreadable validation images: {bad}")
+            named = "; ".join(f"{dataset.paths[index]}: {reason}" for index, reason in bad)
+            raise ValueError(f"{fold}: validation images it cannot score (every one counts in the figures): {named}")
         views = [images, images.flip(-1)]
         for scale in (0.9, 1.1):
             zoomed = zoom(images, scale, fill)
@@ -90,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="the dataset root the run trained on")
     parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args(argv)
-    folds = [view_probabilities(fold, args.data, args.workers) for fold in args.cv]
+    try:
+        folds = [view_probabilities(fold, args.data, args.workers) for fold in args.cv]
+    except (ValueError, OSError) as exc:
+        print(f"tta_zoom: {exc}", file=sys.stderr)
+        return 1
     fold_names = " ".join(f"{fold.name:>6s}" for fold in args.cv)
     print(f"{'views':18s} {'macro-F1':>8s}  {fold_names} {'biopsy AUC':>10s}")
     for name, views in VIEW_SETS.items():

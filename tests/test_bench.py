@@ -7,6 +7,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,8 +36,6 @@ def test_scratch_learning_writes_one_row_per_model(tmp_path: Path) -> None:
 
 
 def test_tta_zoom_keeps_the_size_pads_a_shrunk_view_and_crops_an_enlarged_one() -> None:
-    import torch
-
     zoom = _load("tta_zoom").zoom
     images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     fill = torch.tensor([-1.0, -2.0, -3.0]).view(1, 3, 1, 1)
