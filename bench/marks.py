@@ -79,6 +79,7 @@ def before_after(paths: Sequence[Path], out: Path) -> None:
     width = max(r.shape[1] for r in rows)
     rows = [cv2.copyMakeBorder(r, 0, 6, 0, width - r.shape[1], cv2.BORDER_CONSTANT, value=(255, 255, 255))
             for r in rows]
+    out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.vstack(rows)).quantize(64).save(out, optimize=True)
 
 
