@@ -12,7 +12,6 @@ against the biopsy, for sets of views averaged in probability, as `project.repor
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,13 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import f1_score
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from project.data.layout import Sample  # noqa: E402
 from project.predict import ImageFolderDataset, collate_images, load_members  # noqa: E402
-from project.report import malignancy_index  # noqa: E402
+from project.report import Validation, malignancy  # noqa: E402
+from project.runfolder import VALIDATION_FILE, read_validation_split  # noqa: E402
 from project.runtime import make_loader  # noqa: E402
 
 VIEW_SETS: dict[str, tuple[int, ...]] = {
@@ -53,16 +54,15 @@ def zoom(images: torch.Tensor, scale: float, fill: torch.Tensor) -> torch.Tensor
 
 
 @torch.inference_mode()
-def view_probabilities(fold: Path, data: Path, workers: int) -> tuple[np.ndarray, list[dict[str, str]], list[str]]:
-    """[views, images, classes] probabilities of the fold's checkpoint on its validation images, the val.csv
-    rows, and the checkpoint's class list."""
+def view_probabilities(fold: Path, data: Path, workers: int) -> tuple[np.ndarray, list[Sample], list[str]]:
+    """[views, images, classes] probabilities of the fold's checkpoint on its validation images, those images
+    (read from val.csv as the report reads them) and the checkpoint's class list."""
     member = load_members([fold / "best.safetensors"], torch.device("cpu"))[0]
-    with (fold / "val.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    dataset = ImageFolderDataset([data / row["file"] for row in rows], member.preprocess)
+    samples = read_validation_split(fold / VALIDATION_FILE, member.task, data)
+    dataset = ImageFolderDataset([sample.path for sample in samples], member.preprocess)
     black = (0 - torch.tensor(member.preprocess.mean)) / torch.tensor(member.preprocess.std)
     fill = black.view(1, -1, 1, 1)
-    probs = np.zeros((6, len(rows), len(member.config.labels)), dtype=np.float64)
+    probs = np.zeros((6, len(samples), len(member.config.labels)), dtype=np.float64)
     loader = make_loader(dataset, 32, workers, collate_fn=collate_images)
     for indices, images, bad, _ in tqdm(loader, desc=fold.name, unit="batch", leave=False):
         if bad:
@@ -74,17 +74,15 @@ def view_probabilities(fold: Path, data: Path, workers: int) -> tuple[np.ndarray
             views += [zoomed, zoomed.flip(-1)]
         for position, view in enumerate(views):
             probs[position, indices] = member.task.probabilities(member.model(view)).float().numpy()
-    return probs, rows, list(member.config.labels)
+    return probs, samples, list(member.config.labels)
 
 
-def figures(probs: np.ndarray, rows: Sequence[dict[str, str]], labels: Sequence[str]) -> tuple[float, float | None]:
-    """Macro-F1 of the argmax, and the biopsy AUC of P(classes from BI-RADS 4 on) where rows have `pathology`."""
-    truth = np.array([labels.index(row["label"]) for row in rows])
-    macro_f1 = f1_score(truth, probs.argmax(1), average="macro")
-    if "pathology" not in rows[0]:
-        return macro_f1, None
-    malignant = np.array([row["pathology"] == "malignant" for row in rows])
-    return macro_f1, roc_auc_score(malignant, probs[:, malignancy_index(labels):].sum(1))
+def figures(probs: np.ndarray, samples: list[Sample], labels: list[str]) -> tuple[float, float | None]:
+    """Macro-F1 of the argmax, and the report's biopsy AUC of P(BI-RADS >= 4) (None without pathology)."""
+    macro_f1 = f1_score([sample.label for sample in samples], probs.argmax(1), average="macro")
+    validation = Validation(samples, probs, labels, members=[], skipped={}, split="", data=Path())
+    biopsy = malignancy(validation)["biopsy"]
+    return macro_f1, None if biopsy is None else biopsy["auc"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,13 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         folds = [view_probabilities(fold, args.data, args.workers) for fold in args.cv]
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # RunFolderError is a ValueError
         print(f"tta_zoom: {exc}", file=sys.stderr)
         return 1
     fold_names = " ".join(f"{fold.name:>6s}" for fold in args.cv)
     print(f"{'views':18s} {'macro-F1':>8s}  {fold_names} {'biopsy AUC':>10s}")
     for name, views in VIEW_SETS.items():
-        scored = [figures(probs[list(views)].mean(0), rows, labels) for probs, rows, labels in folds]
+        scored = [figures(probs[list(views)].mean(0), samples, labels) for probs, samples, labels in folds]
         f1s = [f1 for f1, _ in scored]
         aucs = [auc for _, auc in scored if auc is not None]
         auc_text = f"{np.mean(aucs):10.4f}" if aucs else f"{'n/a':>10s}"
