@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from project.data.layout import Sample  # noqa: E402
 from project.predict import ImageFolderDataset, collate_images, load_members  # noqa: E402
-from project.report import Validation, malignancy  # noqa: E402
+from project.report import biopsy_auc, malignancy_index  # noqa: E402
 from project.runfolder import VALIDATION_FILE, read_validation_split  # noqa: E402
 from project.runtime import make_loader  # noqa: E402
 
@@ -80,8 +80,7 @@ def view_probabilities(fold: Path, data: Path, workers: int) -> tuple[np.ndarray
 def figures(probs: np.ndarray, samples: list[Sample], labels: list[str]) -> tuple[float, float | None]:
     """Macro-F1 of the argmax, and the report's biopsy AUC of P(BI-RADS >= 4) (None without pathology)."""
     macro_f1 = f1_score([sample.label for sample in samples], probs.argmax(1), average="macro")
-    validation = Validation(samples, probs, labels, members=[], skipped={}, split="", data=Path())
-    biopsy = malignancy(validation)["biopsy"]
+    biopsy = biopsy_auc(samples, probs[:, malignancy_index(labels):].sum(axis=1))
     return macro_f1, None if biopsy is None else biopsy["auc"]
 
 

@@ -32,6 +32,7 @@ from project.descriptors import LexiconModel, describe_file
 from project.fileio import atomic_write_text
 from project.metrics import classification_report
 from project.predict import Member, load_members, predict_folder
+from project.report import biopsy_outcome
 from project.runtime import resolve_device
 
 COLUMNS = ("score", "macro_f1", "accuracy", "kappa", "auc_birads", "auc_pathology")
@@ -66,12 +67,11 @@ def figures(samples: Sequence[Sample], truth: np.ndarray, probs: np.ndarray, cla
     report = classification_report(truth, probs.argmax(axis=1), classes)
     first = first_malignant_class(classes)
     malignancy = probs[:, first:].sum(axis=1)
-    pathology = np.array([s.extra.get("pathology", "").strip().lower() for s in samples])
-    known = np.isin(pathology, ("benign", "malignant"))
+    known, malignant = biopsy_outcome(samples)
     return {
         "score": report["score"], "macro_f1": report["macro_f1"], "accuracy": report["accuracy"],
         "kappa": report["kappa"], "auc_birads": _auc((truth >= first).astype(int), malignancy),
-        "auc_pathology": _auc((pathology[known] == "malignant").astype(int), malignancy[known]),
+        "auc_pathology": _auc(malignant[known], malignancy[known]),
     }
 
 

@@ -241,6 +241,20 @@ def _auc(truth: np.ndarray, score: np.ndarray) -> dict:
     return result
 
 
+def biopsy_outcome(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
+    """Which samples have a known biopsy outcome (`extra['pathology']` benign or malignant), and which are
+    malignant (1) or not (0)."""
+    pathology = [s.extra.get("pathology", "").strip().lower() for s in samples]
+    known = np.array([p in ("benign", "malignant") for p in pathology], dtype=bool)
+    return known, np.array([p == "malignant" for p in pathology], dtype=int)
+
+
+def biopsy_auc(samples: Sequence[Sample], score: np.ndarray) -> dict | None:
+    """AUC of a malignancy score against biopsy over the samples whose outcome is known; None without any."""
+    known, biopsy = biopsy_outcome(samples)
+    return _auc(biopsy[known], score[known]) if known.any() else None
+
+
 def malignancy(validation: Validation) -> dict:
     """P(BI-RADS ≥ 4) against BI-RADS ≥ 4 and, where `extra['pathology']` is known, against biopsy; with an
     auxiliary head whose classes are benign and malignant (`--aux-column pathology`), its P(malignant) too."""
@@ -248,10 +262,8 @@ def malignancy(validation: Validation) -> dict:
     score = validation.probs[:, first:].sum(axis=1)
     labels = np.array([s.label for s in validation.samples])
     result = {"positive_from": validation.classes[first], "birads": _auc((labels >= first).astype(int), score)}
-    pathology = [s.extra.get("pathology", "").strip().lower() for s in validation.samples]
-    known = np.array([p in ("benign", "malignant") for p in pathology], dtype=bool)
-    biopsy = np.array([p == "malignant" for p in pathology], dtype=int)
-    result["biopsy"] = _auc(biopsy[known], score[known]) if known.any() else None
+    result["biopsy"] = biopsy_auc(validation.samples, score)
+    known, biopsy = biopsy_outcome(validation.samples)
     head = [c.lower() for c in validation.aux_head.classes]
     if validation.aux is not None and head == ["benign", "malignant"] and known.any():
         result["head_biopsy"] = _auc(biopsy[known], validation.aux[known, 1])
