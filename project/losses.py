@@ -151,6 +151,9 @@ class ClassificationLoss(nn.Module):
     sum_k w_k q_k (-log p_k) over the smoothed targets q (torch's index-target mean would
     divide by sum_i w_{y_i} instead). With `soft_labels` ([K, K], e.g. ordinal_soft_labels) the
     targets are first spread by it (q = targets @ soft_labels), which keeps mixed targets linear.
+    With `f1_weight` > 0, f1_weight x the batch's soft macro-F1 loss is added: the mean over classes
+    of soft_f1_loss of softmax(logits)[:, k] against q[:, k] (unsmoothed, one-vs-rest), the
+    differentiable form of the macro-F1 that ranks BI-RADS classifiers.
     """
 
     def __init__(
@@ -158,12 +161,14 @@ class ClassificationLoss(nn.Module):
         class_weights: Sequence[float] | torch.Tensor | None = None,
         label_smoothing: float = 0.2,
         soft_labels: torch.Tensor | None = None,
+        f1_weight: float = 0.0,
     ):
         super().__init__()
         weights = None if class_weights is None else torch.as_tensor(class_weights).float()
         self.register_buffer("class_weights", weights, persistent=False)
         self.register_buffer("soft_labels", soft_labels, persistent=False)
         self.label_smoothing = label_smoothing
+        self.f1_weight = f1_weight
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if not targets.is_floating_point():
@@ -171,12 +176,15 @@ class ClassificationLoss(nn.Module):
         targets = targets.float()
         if self.soft_labels is not None:
             targets = targets @ self.soft_labels
-        return F.cross_entropy(
+        loss = F.cross_entropy(
             logits.float(),
             targets,
             weight=self.class_weights,
             label_smoothing=self.label_smoothing,
         )
+        if self.f1_weight > 0:
+            loss = loss + self.f1_weight * soft_f1_loss(logits.float().softmax(-1), targets, dim=0).mean()
+        return loss
 
 
 def allowed_mask(allowed: Sequence[Sequence[int]], num_classes: int) -> torch.Tensor:

@@ -188,6 +188,28 @@ def test_classification_loss_with_weights_and_mixed_targets() -> None:
     torch.testing.assert_close(loss_fn(logits, mixed), expected_mixed)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_classification_f1_term_on_confident_logits_is_one_minus_sklearn_macro_f1(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (24,), generator=generator)
+    predicted = torch.randint(0, 4, (24,), generator=generator)
+    logits = 50.0 * F.one_hot(predicted, 4).float()
+    plain = ClassificationLoss(label_smoothing=0.1)(logits, labels)
+    with_f1 = ClassificationLoss(label_smoothing=0.1, f1_weight=0.5)(logits, labels)
+    macro = f1_score(labels.numpy(), predicted.numpy(), average="macro", labels=range(4), zero_division=0)
+    torch.testing.assert_close(with_f1 - plain, torch.tensor(0.5 * (1 - macro)), atol=1e-5, rtol=0)
+
+
+def test_classification_f1_term_pulls_the_probability_of_a_missed_class_up() -> None:
+    logits = torch.zeros(6, 3, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    ClassificationLoss(label_smoothing=0.0, f1_weight=1.0)(logits, labels).backward()
+    ce_only = torch.zeros(6, 3, requires_grad=True)
+    ClassificationLoss(label_smoothing=0.0)(ce_only, labels).backward()
+    rows = torch.arange(6)
+    assert bool((logits.grad[rows, labels] < ce_only.grad[rows, labels]).all())
+
+
 
 def test_ordinal_soft_labels_by_hand() -> None:
     rows = ordinal_soft_labels(3, scale=1.0)

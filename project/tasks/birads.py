@@ -55,6 +55,9 @@ class ClassificationTask(Task):
         add("--sd-max", type=float, default=0.6)
         add("--p-head", type=float, default=0.5)
         add("--label-smoothing", type=float, default=0.2)
+        add("--f1-weight", type=float, default=0.0,
+            help="weight of a soft macro-F1 loss added to the cross-entropy (one-vs-rest over the classes, per "
+                 "batch), e.g. 0.5; 0 = off")
         add("--ordinal-smoothing", type=float, default=0.0,
             help="SORD soft labels: the target of grade y gives class k a weight proportional to "
                  "exp(-s (k - y)^2) over the listed class order, e.g. 2; 0 = off")
@@ -101,6 +104,8 @@ class ClassificationTask(Task):
         if self.partial and args.mixup > 0:
             raise SystemExit("--mixup cannot mix coarse labels (dataset.yaml coarse_labels); leave it at 0")
         self.aux = AuxiliaryColumn.from_args(args, train)
+        if self.partial and args.f1_weight > 0:
+            raise SystemExit("--f1-weight needs a fine label for every image (dataset.yaml coarse_labels)")
         if self.partial and args.ordinal_smoothing > 0:
             raise SystemExit("--ordinal-smoothing needs a fine label for every image (dataset.yaml coarse_labels)")
         if self.aux.classes and (self.partial or args.mixup > 0):
@@ -149,7 +154,7 @@ class ClassificationTask(Task):
             return PartialLabelLoss(class_weights=class_weights, label_smoothing=args.label_smoothing)
         soft_labels = ordinal_soft_labels(len(self.labels), args.ordinal_smoothing) if args.ordinal_smoothing else None
         loss = ClassificationLoss(class_weights=class_weights, label_smoothing=args.label_smoothing,
-                                  soft_labels=soft_labels)
+                                  soft_labels=soft_labels, f1_weight=args.f1_weight)
         return AuxiliaryHeadLoss(loss, len(self.labels), args.aux_weight) if self.aux.classes else loss
 
     def train_sampler(
