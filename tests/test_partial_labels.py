@@ -99,6 +99,8 @@ def test_balance_by_source_gives_each_source_an_equal_balanced_share() -> None:
         task.configure(trainer_args(balance_by="site"), samples)
     with pytest.raises(SystemExit, match="--ordinal-smoothing needs a fine label"):
         task.configure(trainer_args(ordinal_smoothing=2.0), samples)
+    with pytest.raises(SystemExit, match="--f1-weight needs a fine label"):
+        task.configure(trainer_args(f1_weight=0.5), samples)
 
 
 def test_evaluation_scores_fine_labels_and_counts_coarse_ones_inside_their_set() -> None:
