@@ -200,7 +200,7 @@ def test_classification_f1_term_on_confident_logits_is_one_minus_sklearn_macro_f
     torch.testing.assert_close(with_f1 - plain, torch.tensor(0.5 * (1 - macro)), atol=1e-5, rtol=0)
 
 
-def test_classification_f1_term_pulls_the_probability_of_a_missed_class_up() -> None:
+def test_classification_f1_term_adds_a_push_towards_each_true_class() -> None:
     logits = torch.zeros(6, 3, requires_grad=True)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     ClassificationLoss(label_smoothing=0.0, f1_weight=1.0)(logits, labels).backward()
@@ -208,7 +208,6 @@ def test_classification_f1_term_pulls_the_probability_of_a_missed_class_up() -> 
     ClassificationLoss(label_smoothing=0.0)(ce_only, labels).backward()
     rows = torch.arange(6)
     assert bool((logits.grad[rows, labels] < ce_only.grad[rows, labels]).all())
-
 
 
 def test_ordinal_soft_labels_by_hand() -> None:

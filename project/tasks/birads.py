@@ -104,10 +104,9 @@ class ClassificationTask(Task):
         if self.partial and args.mixup > 0:
             raise SystemExit("--mixup cannot mix coarse labels (dataset.yaml coarse_labels); leave it at 0")
         self.aux = AuxiliaryColumn.from_args(args, train)
-        if self.partial and args.f1_weight > 0:
-            raise SystemExit("--f1-weight needs a fine label for every image (dataset.yaml coarse_labels)")
-        if self.partial and args.ordinal_smoothing > 0:
-            raise SystemExit("--ordinal-smoothing needs a fine label for every image (dataset.yaml coarse_labels)")
+        for flag, value in (("--f1-weight", args.f1_weight), ("--ordinal-smoothing", args.ordinal_smoothing)):
+            if self.partial and value > 0:
+                raise SystemExit(f"{flag} needs a fine label for every image (dataset.yaml coarse_labels)")
         if self.aux.classes and (self.partial or args.mixup > 0):
             raise SystemExit("--aux-column works with fine labels and without --mixup")
         if args.outline_teacher > 0 and (self.partial or self.aux.classes or args.mixup > 0):
