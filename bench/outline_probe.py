@@ -5,7 +5,9 @@ summed top-down, as in T.-Y. Lin et al., "Feature Pyramid Networks for Object De
 on the lesion masks of every fold but FOLD, outlines FOLD's lesions with it (flip TTA, the largest
 part above 0.5), and prints how the lexicon model (project.lexicon) grades them: fitted on the
 labelled outlines of the other folds, and fitted on the predicted outlines themselves (patient-level
-halves of FOLD, five splits). With --report, the averages with a classifier's predictions on FOLD.
+halves of FOLD, five splits). With --report, the averages with a classifier's predictions on FOLD. With
+--boxes-out, the box bounding each outline goes to a box file, for a lesion-crop classifier
+(`project.report --boxes-from`, `run.py --boxes`), and the boxes' IoU with the labelled ones is printed.
 
     python bench/outline_probe.py --data data/busbra --fold 1 --epochs 6 --report reports/busbra_e5_tta_les/fold0
 """
@@ -32,7 +34,7 @@ from project.data.imageio import read_image
 from project.data.layout import Sample, load_split
 from project.data.transforms import read_mask
 from project.descriptors import LexiconModel, describe_labelled, descriptor_vector
-from project.localise import peak_region
+from project.localise import box_from_map, box_iou, peak_region, write_box_file
 from project.models.factory import create_model
 
 
@@ -139,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, help="a classifier report's fold folder (predictions.csv) on FOLD")
+    parser.add_argument("--boxes-out", type=Path, metavar="CSV", help="write the box of each outline of FOLD here")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     scan, config = load_split(args.data)
@@ -151,12 +154,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, mean, std = train_outliner(others, args)
     labels = np.array([s.label for s in held])
     groups = np.array([s.group or s.path.name for s in held])
-    predicted, ious = [], []
+    predicted, ious, boxes = [], [], {}
     for sample in held:
         found = outline(model, mean, std, sample, args.img_size)
         truth = read_mask(sample.mask, found.shape).astype(bool)
         ious.append((found & truth).sum() / max((found | truth).sum(), 1))
         predicted.append(descriptor_vector(read_image(sample.path, max_side=None), found))
+        boxes[sample.path.name] = box_from_map(found.astype(np.float32))
+    if args.boxes_out is not None:
+        write_box_file(args.boxes_out, boxes)
+        box_ious = np.array([box_iou(boxes[s.path.name], s.box) for s in held if s.box is not None])
+        print(f"boxes -> {args.boxes_out}: IoU with the labelled boxes {box_ious.mean():.3f} on average, "
+              f"median {np.median(box_ious):.3f}, >= 0.5 for {(box_ious >= 0.5).mean():.3f} of {len(box_ious)}")
     rows = {"labelled outlines": (np.stack([labelled[s.path.name] for s in held]), 1.0),
             "segmenter's outlines": (np.stack(predicted), float(np.mean(ious)))}
     network = None

@@ -4,12 +4,14 @@ A classifier trained with `--lesion-map` learns, beside its classes, one lesion 
 stride-32 grid (or a finer one, `--lesion-map-stride`). Read at prediction, that map locates the
 lesion; `box_from_map` turns it, read at the input's resolution, into a box, and the box is carried
 back through CutBlack onto the file, where a `--lesion-crop` model crops it. `lesion_probability_maps`
-carries the map itself back, for an outline (project.lexicon).
+carries the map itself back, for an outline (project.lexicon). A box file (`read_box_file`) carries
+boxes found by any other detector or segmenter instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -21,6 +23,7 @@ from tqdm import tqdm
 
 from project.data.layout import Box
 from project.data.transforms import uncrop_box, yolo_to_xyxy
+from project.fileio import atomic_write_csv, read_csv_rows
 from project.models.lesion_map import WithLesionMap
 from project.predict import Frame, ImageFolderDataset, Member, collate_images
 from project.runtime import make_loader
@@ -28,6 +31,9 @@ from project.runtime import make_loader
 # Pixels joined to the peak with at least this share of its probability make up the lesion. Chosen on
 # the first cross-validation fold's validation images (mean IoU with the labelled boxes flat from 0.3 to 0.4).
 PEAK_SHARE = 0.4
+
+BOX_COLUMNS = ("img_name", "x_center", "y_center", "width", "height")
+"""A box file's header: the image's file name, then its lesion box as YOLO fractions of the file's size."""
 
 
 def peak_region(probs: np.ndarray) -> np.ndarray:
@@ -116,3 +122,27 @@ def lesion_probability_maps(
                                                     interpolation=cv2.INTER_LINEAR)
         maps[index] = canvas
     return maps, errors
+
+
+def write_box_file(path: Path, boxes: Mapping[str, Box]) -> None:
+    """Write `boxes` (file name -> YOLO box) as a box file, rows in name order, atomically."""
+    atomic_write_csv(path, BOX_COLUMNS, ([name, *(f"{v:.6f}" for v in boxes[name])] for name in sorted(boxes)))
+
+
+def read_box_file(path: Path) -> dict[str, Box]:
+    """File name -> YOLO box from a box file (BOX_COLUMNS); ValueError naming the file and row of a bad one."""
+    boxes: dict[str, Box] = {}
+    for row_number, row in enumerate(read_csv_rows(path, BOX_COLUMNS, ValueError), start=2):
+        name = row["img_name"]
+        try:
+            box = tuple(float(row[column]) for column in BOX_COLUMNS[1:])
+        except ValueError:
+            raise ValueError(f"{path}, row {row_number} ({name}): the box is not four numbers") from None
+        cx, cy, w, h = box
+        if not all(math.isfinite(v) for v in box) or not (0 < w <= 1 and 0 < h <= 1 and 0 <= cx <= 1 and 0 <= cy <= 1):
+            raise ValueError(f"{path}, row {row_number} ({name}): a box needs its centre in [0, 1] and its width "
+                             f"and height in (0, 1], as fractions of the image; got {box}")
+        if name in boxes:
+            raise ValueError(f"{path}, row {row_number}: {name} has a second box")
+        boxes[name] = box
+    return boxes

@@ -165,7 +165,7 @@ def predict_folder(
     croppers = [member.path.name for member in members if member.preprocess.lesion_crop]
     if croppers and boxes is None:
         raise ValueError(f"{', '.join(croppers)}: trained on lesion crops (--lesion-crop); prediction needs each "
-                         "image's lesion box: give a localiser (run.py --localiser)")
+                         "image's lesion box: give a localiser (run.py --localiser) or a box file (run.py --boxes)")
     started = time.perf_counter()
     dtype = autocast_dtype("auto", device)
     width = len(members[0].config.labels)

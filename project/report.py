@@ -26,7 +26,7 @@ from project.data.layout import Box, LabelError, Sample, labelled_box, load_conf
 from project.data.submission import write_cla_csv
 from project.evaluate import evaluate_folders
 from project.fileio import atomic_write_csv, atomic_write_text, numeric_order_key, read_csv_rows
-from project.localise import box_iou, locate_lesions
+from project.localise import box_iou, locate_lesions, read_box_file
 from project.models.checkpoint import CheckpointError
 from project.models.lesion_map import WithLesionMap
 from project.plots import plot_confusion_matrices, plot_learning_curves, save_figure
@@ -149,14 +149,15 @@ def localisation_figures(found: Sequence[Box | None], labelled: Sequence[Box | N
 
 def lesion_boxes(
     run: Path, val: Sequence[Sample], task: ClassificationTask, root: Path, localiser_from: Path | None,
-    label_boxes: bool, device: torch.device, batch_size: int, workers: int,
+    label_boxes: bool, device: torch.device, batch_size: int, workers: int, box_files: Sequence[Path] = (),
 ) -> tuple[list[Box | None] | None, dict | None]:
-    """The boxes lesion-crop members crop to (None: none asked for) and, from a localiser, its figures.
+    """The boxes lesion-crop members crop to (None: none asked for) and, when found, how well they match.
 
     `label_boxes`: the labelled boxes (an upper bound: what a perfect localiser would give);
-    `localiser_from`: DIR/<RUN's name>/best.safetensors locates them, and must validate on RUN's images.
+    `localiser_from`: DIR/<RUN's name>/best.safetensors locates them, and must validate on RUN's images;
+    `box_files`: box files (project.localise.read_box_file) from any detector, one box per validation image.
     """
-    if not label_boxes and localiser_from is None:
+    if not label_boxes and localiser_from is None and not box_files:
         return None, None
     try:
         labelled = [labelled_box(s.path) for s in val]
@@ -164,6 +165,9 @@ def lesion_boxes(
         raise ReportError(str(exc)) from None
     if label_boxes:
         return labelled, None
+    if box_files:
+        found = _boxes_from_files(box_files, [s.path.name for s in val])
+        return found, {"source": ", ".join(str(f) for f in box_files), **localisation_figures(found, labelled)}
     other = Path(localiser_from) / run.name
     _same_validation(run, other, task, root, {s.path.name for s in val})
     try:
@@ -171,20 +175,41 @@ def lesion_boxes(
         found, _ = locate_lesions([s.path for s in val], localiser, device, batch_size, workers)
     except (CheckpointError, ValueError) as exc:
         raise ReportError(str(exc)) from None
-    return found, {"localiser": str(localiser.path), **localisation_figures(found, labelled)}
+    return found, {"source": str(localiser.path), **localisation_figures(found, labelled)}
+
+
+def _boxes_from_files(box_files: Sequence[Path], names: Sequence[str]) -> list[Box]:
+    """The box of each of `names` from `box_files` (read together); ReportError where one is missing or twice."""
+    boxes: dict[str, Box] = {}
+    for path in box_files:
+        try:
+            found = read_box_file(path)
+        except OSError as exc:
+            raise ReportError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ReportError(str(exc)) from None
+        repeated = sorted(set(found) & set(boxes))
+        if repeated:
+            raise ReportError(f"{path}: boxes given again by an earlier box file: {repeated[:10]}")
+        boxes.update(found)
+    missing = [name for name in names if name not in boxes]
+    if missing:
+        raise ReportError(f"{', '.join(str(f) for f in box_files)}: no box for {len(missing)} validation "
+                          f"image(s): {missing[:10]}")
+    return [boxes[name] for name in names]
 
 
 def predict_validation(
     run: Path, data: Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
     tta: bool = False, members_from: Sequence[Path] = (), lesion_column: str | None = None,
-    localiser_from: Path | None = None, label_boxes: bool = False,
+    localiser_from: Path | None = None, label_boxes: bool = False, box_files: Sequence[Path] = (),
 ) -> Validation:
     """Probabilities of RUN/best.safetensors on the images of RUN/val.csv, through project.predict.
 
     With `members_from`, DIR/<RUN's name>/best.safetensors of each DIR joins an ensemble (the mean
     of the probabilities, as run.py averages several weights); each must validate on RUN's images.
     With `lesion_column`, the images of one lesion are scored with the mean of their probabilities.
-    Members trained on lesion crops crop to the boxes that `localiser_from` (or `label_boxes`) gives.
+    Members trained on lesion crops crop to the boxes that `localiser_from`, `box_files` or `label_boxes` give.
     """
     run = Path(run)
     args = load_run_args(run)
@@ -201,7 +226,7 @@ def predict_validation(
     for other in others:
         _same_validation(run, other, member.task, root, set(names))
     boxes, localisation = lesion_boxes(run, val, member.task, root, localiser_from, label_boxes, torch_device,
-                                       batch_size, workers)
+                                       batch_size, workers, box_files)
     try:
         predictions: Predictions = predict_folder([s.path for s in val], members, torch_device, batch_size, workers,
                                                   tta=tta, desc="report", boxes=boxes)
@@ -461,7 +486,7 @@ def _crops_sentence(metrics: dict) -> str:
     found = metrics["localisation"]
     if not found:
         return ""
-    return (f" Lesion-crop members cropped to the boxes of <code>{html.escape(found['localiser'])}</code>: IoU "
+    return (f" Lesion-crop members cropped to the boxes of <code>{html.escape(found['source'])}</code>: IoU "
             f"with the labelled boxes {_fmt(found['mean_iou'], 3)} on average, ≥ 0.5 for "
             f"{_fmt(found['iou_at_least_0_5'], 3)} of {found['images']} images.")
 
@@ -502,12 +527,12 @@ def _report_html(metrics: dict, plots: Sequence[str]) -> str:
 def build_report(
     run: Path, out: Path, data: Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 0,
     tta: bool = False, cam_cases: int = 4, members_from: Sequence[Path] = (), lesion_column: str | None = None,
-    localiser_from: Path | None = None, label_boxes: bool = False,
+    localiser_from: Path | None = None, label_boxes: bool = False, box_files: Sequence[Path] = (),
 ) -> dict:
     """Write OUT/index.html, its PNGs, metrics.json, predictions.csv, pred/ and gt/; returns the metrics."""
     run, out = Path(run), Path(out)
     validation = predict_validation(run, data, device, batch_size, workers, tta, members_from, lesion_column,
-                                    localiser_from, label_boxes)
+                                    localiser_from, label_boxes, box_files)
     if not validation.samples:
         raise ReportError(f"{run}: no readable validation image")
     labels = np.array([s.label for s in validation.samples])
@@ -517,7 +542,7 @@ def build_report(
         "run": str(run), "data": str(validation.data), "checkpoint": str(first.path),
         "ensemble": [str(m.path) for m in validation.members[1:]],
         "lesion_column": lesion_column, "lesions": validation.lesions,
-        "lesion_boxes": "labels" if label_boxes else (validation.localisation or {}).get("localiser"),
+        "lesion_boxes": "labels" if label_boxes else (validation.localisation or {}).get("source"),
         "localisation": validation.localisation,
         "epoch": first.config.epoch, "split": validation.split, "classes": validation.classes,
         "checkpoint_metrics": first.config.metrics, "skipped": validation.skipped, "cla": cla,
@@ -650,13 +675,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     boxes.add_argument("--localiser-from", type=Path, metavar="DIR",
                        help="for members trained with --lesion-crop: DIR/<run name>/best.safetensors (trained with "
                             "--lesion-map on the same fold) locates each lesion, as run.py --localiser does")
+    boxes.add_argument("--boxes-from", type=Path, nargs="+", default=[], metavar="CSV",
+                       help="for members trained with --lesion-crop: box files (img_name, x_center, y_center, "
+                            "width, height as fractions of the image) from any detector, a box for every image")
     boxes.add_argument("--label-boxes", action="store_true",
                        help="crop to the labelled lesion boxes instead: the figures a perfect localiser would give")
     parser.add_argument("--cam-cases", type=int, default=4, help="Grad-CAM images of right and of wrong cases")
     args = parser.parse_args(argv)
     options = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers, "tta": args.tta,
                "cam_cases": args.cam_cases, "members_from": args.members_from, "lesion_column": args.lesion_column,
-               "localiser_from": args.localiser_from, "label_boxes": args.label_boxes}
+               "localiser_from": args.localiser_from, "label_boxes": args.label_boxes,
+               "box_files": args.boxes_from}
     try:
         if args.cv:
             cross_validation_report(args.cv, args.out, args.data, **options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -14,7 +14,7 @@ from project.data.layout import Box, list_images
 from project.data.submission import ID_STYLES
 from project.descriptors import LexiconModel
 from project.lexicon import average_in, describe_outlined
-from project.localise import locate_lesions
+from project.localise import locate_lesions, read_box_file
 from project.models.checkpoint import CheckpointError
 from project.predict import (
     ERRORS_FILE,
@@ -56,9 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads on CPU (default: the cores left over by the loader workers)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
-    parser.add_argument("--localiser", type=Path, metavar="CKPT",
-                        help="a checkpoint trained with --lesion-map: locates each lesion for weights trained with "
-                             "--lesion-crop")
+    boxes = parser.add_mutually_exclusive_group()
+    boxes.add_argument("--localiser", type=Path, metavar="CKPT",
+                       help="a checkpoint trained with --lesion-map: locates each lesion for weights trained with "
+                            "--lesion-crop")
+    boxes.add_argument("--boxes", type=Path, metavar="CSV",
+                       help="each lesion's box for weights trained with --lesion-crop, from any detector: img_name, "
+                            "x_center, y_center, width, height (fractions of the image); images without a row "
+                            "are listed as bad")
     parser.add_argument("--lesions", type=Path, metavar="CSV",
                         help="CSV with image and lesion columns: the images (views) of one lesion get the mean of "
                              "their probabilities, so one lesion gets one grade")
@@ -97,13 +102,31 @@ def checkpoints_for(folder: str, given: Sequence[Path] | None, weights_dir: Path
 
 
 def lesion_boxes_for(
-    paths: Sequence[Path], members: Sequence[Member], args: argparse.Namespace, device: torch.device
+    paths: Sequence[Path], members: Sequence[Member], args: argparse.Namespace, device: torch.device,
+    given: Mapping[str, Box] | None,
 ) -> list[Box | None] | None:
-    """Each image's lesion box from --localiser where a member crops to the lesion, else None."""
-    if args.localiser is None or not any(member.preprocess.lesion_crop for member in members):
+    """Each image's lesion box where a member crops to the lesion, from the --boxes file (`given`) or from
+    --localiser; else None."""
+    if not any(member.preprocess.lesion_crop for member in members):
+        return None
+    if given is not None:
+        return [given.get(path.name) for path in paths]
+    if args.localiser is None:
         return None
     localiser = load_members([args.localiser], device)[0]
     return locate_lesions(paths, localiser, device, args.batch_size, args.workers)[0]
+
+
+def read_given_boxes(path: Path | None) -> dict[str, Box] | None:
+    """The --boxes file's boxes by image name, or None without one; UsageError where it cannot be used."""
+    if path is None:
+        return None
+    try:
+        return read_box_file(path)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def load_lexicon(args: argparse.Namespace) -> LexiconModel | None:
@@ -147,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         lexicon = load_lexicon(args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    given_boxes = read_given_boxes(args.boxes)
     errors, total_images, total_seconds = {}, 0, 0.0
     for name, folder in folders.items():
         try:
@@ -157,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{members[0].path}: a {members[0].task.name} checkpoint given for {name}")
         paths = list_images(folder)
         try:
-            boxes = lesion_boxes_for(paths, members, args, device)
+            boxes = lesion_boxes_for(paths, members, args, device, given_boxes)
             predictions = predict_folder(paths, members, device, args.batch_size, args.workers, args.tta, desc=name,
                                          boxes=boxes)
         except (CheckpointError, ValueError) as exc:

@@ -1,7 +1,8 @@
-"""Lesion crops: the crop in preprocessing, boxes from a lesion map, run.py and the report with a localiser."""
+"""Lesion crops: the crop in preprocessing, boxes from a lesion map or a box file, run.py and the report with them."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from project.data.imageio import ImageReadError
+from project.data.layout import labelled_box
 from project.data.transforms import (
     Preprocess,
     Preprocessor,
@@ -19,11 +21,19 @@ from project.data.transforms import (
     lesion_bounds,
     uncrop_box,
 )
-from project.localise import box_from_map, box_iou, lesion_probability_maps, locate_lesions, peak_region
+from project.localise import (
+    box_from_map,
+    box_iou,
+    lesion_probability_maps,
+    locate_lesions,
+    peak_region,
+    read_box_file,
+    write_box_file,
+)
 from project.models.checkpoint import CheckpointConfig, load_checkpoint
 from project.models.factory import create_model
 from project.predict import Member, load_members, predict_folder
-from project.report import build_report
+from project.report import ReportError, build_report
 from project.testb import main as run_py
 from project.training import run as train
 
@@ -57,6 +67,34 @@ def test_lesion_bounds_grow_the_box_and_stay_inside_the_image() -> None:
     shape = (100, 200)  # height, width
     assert lesion_bounds((0.5, 0.5, 0.2, 0.4), shape, 2.0) == (10, 90, 60, 140)
     assert lesion_bounds((0.02, 0.5, 0.01, 0.01), shape, 2.0) == (26, 74, 0, 28)  # 48 px at least, clipped left
+
+
+def test_a_box_file_round_trips_in_name_order(tmp_path: Path) -> None:
+    boxes = {"b.png": (0.5, 0.25, 0.125, 1.0), "a.png": (0.1234567, 0.5, 0.3, 0.2)}
+    write_box_file(tmp_path / "boxes.csv", boxes)
+    assert (tmp_path / "boxes.csv").read_bytes() == (
+        b"img_name,x_center,y_center,width,height\n"
+        b"a.png,0.123457,0.500000,0.300000,0.200000\n"
+        b"b.png,0.500000,0.250000,0.125000,1.000000\n")
+    read = read_box_file(tmp_path / "boxes.csv")
+    assert list(read) == ["a.png", "b.png"] and read["b.png"] == boxes["b.png"]
+    assert read["a.png"] == pytest.approx(boxes["a.png"], abs=1e-6)
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ("a.png,0.5,0.5,0.2,x", "row 2 \\(a.png\\): the box is not four numbers"),
+    ("a.png,0.5,0.5,0,0.2", "row 2 \\(a.png\\): a box needs its centre in \\[0, 1\\] and its width"),
+    ("a.png,1.5,0.5,0.2,0.2", "row 2 \\(a.png\\): a box needs its centre"),
+    ("a.png,0.5,0.5,0.2,nan", "row 2 \\(a.png\\): a box needs"),
+    ("a.png,0.5,0.5,0.2,0.2\na.png,0.4,0.5,0.2,0.2", "row 3: a.png has a second box"),
+])
+def test_a_bad_box_file_row_is_named(tmp_path: Path, rows: str, message: str) -> None:
+    (tmp_path / "boxes.csv").write_text(f"img_name,x_center,y_center,width,height\n{rows}\n")
+    with pytest.raises(ValueError, match=f"boxes.csv, {message}"):
+        read_box_file(tmp_path / "boxes.csv")
+    (tmp_path / "short.csv").write_text("img_name,x_center,y_center,width\na.png,0.5,0.5,0.2\n")
+    with pytest.raises(ValueError, match="short.csv: missing column\\(s\\) \\['height'\\]"):
+        read_box_file(tmp_path / "short.csv")
 
 
 def _picture(path: Path) -> None:
@@ -196,6 +234,43 @@ def test_the_report_crops_to_label_boxes_or_to_the_localiser_and_scores_it(
     assert located["lesion_boxes"].endswith("localiser/fold0/best.safetensors")
     assert "IoU with the labelled boxes" in (tmp_path / "located" / "index.html").read_text(encoding="utf-8")
     assert "cropped to the labelled lesion boxes" in (tmp_path / "labels" / "index.html").read_text(encoding="utf-8")
+
+
+def test_run_py_crops_to_the_box_file_and_lists_an_image_without_a_box(
+    crop_runs: dict[str, Path], phantom_small: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(phantom_small / "testB" / "cla", tmp_path / "testB" / "cla")
+    images = sorted(path.name for path in (tmp_path / "testB" / "cla").iterdir())
+    base = ["--data", str(tmp_path / "testB"), "--cls-weights", str(crop_runs["crops"] / "best.safetensors"),
+            "--workers", "0", "--probabilities"]
+    probabilities = {}
+    for name, box in (("left", (0.3, 0.5, 0.3, 0.4)), ("right", (0.7, 0.5, 0.3, 0.4))):
+        write_box_file(tmp_path / f"{name}.csv", {image: box for image in images[1:]})
+        (tmp_path / name).mkdir()
+        assert run_py([*base, "--boxes", str(tmp_path / f"{name}.csv"), "--out-dir", str(tmp_path / name)]) == 0
+        with (tmp_path / name / "cla_prob.csv").open() as handle:
+            probabilities[name] = {row["img_name"]: row for row in csv.DictReader(handle)}
+        assert sorted(probabilities[name]) == images[1:]
+        errors = (tmp_path / name / "run_errors.csv").read_text()
+        assert images[0] in errors and "no lesion box" in errors
+    assert probabilities["left"] != probabilities["right"]  # the crops follow the boxes
+
+
+def test_the_report_crops_to_a_box_file_as_to_the_boxes_it_holds(crop_runs: dict[str, Path], tmp_path: Path) -> None:
+    labelled = build_report(crop_runs["crops"], tmp_path / "labels", label_boxes=True, cam_cases=0)
+    with (crop_runs["crops"] / "val.csv").open() as handle:
+        files = [row["file"] for row in csv.DictReader(handle)]
+    boxes = {Path(file).name: labelled_box(Path(labelled["data"]) / file) for file in files}
+    write_box_file(tmp_path / "boxes.csv", boxes)
+    from_file = build_report(crop_runs["crops"], tmp_path / "file", box_files=[tmp_path / "boxes.csv"], cam_cases=0)
+    predictions = [(tmp_path / name / "predictions.csv").read_bytes() for name in ("file", "labels")]
+    assert predictions[0] == predictions[1]
+    assert from_file["localisation"]["mean_iou"] == pytest.approx(1.0, abs=1e-4)
+    assert from_file["lesion_boxes"] == str(tmp_path / "boxes.csv")
+    del boxes[sorted(boxes)[0]]
+    write_box_file(tmp_path / "fewer.csv", boxes)
+    with pytest.raises(ReportError, match="fewer.csv: no box for 1 validation image"):
+        build_report(crop_runs["crops"], tmp_path / "fewer", box_files=[tmp_path / "fewer.csv"], cam_cases=0)
 
 
 def test_jittered_boxes_stay_within_their_bounds_and_vary() -> None:

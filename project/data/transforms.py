@@ -274,7 +274,8 @@ class Preprocessor:
         if not self.preprocess.lesion_crop:
             return image, box, mask
         if box is None:
-            raise ImageReadError(path, "no lesion box to crop to (lesion_crop needs one: a label, or a localiser)")
+            raise ImageReadError(path, "no lesion box to crop to (lesion_crop needs one: a label, a localiser or a "
+                                       "box file)")
         bounds = lesion_bounds(box, image.shape[:2], self.preprocess.lesion_crop)
         return crop(image, bounds), crop_box(box, bounds, image.shape[:2]), None if mask is None else crop(mask, bounds)
 
