@@ -1,9 +1,8 @@
 """Probe: can a segmenter's outlines stand in for the labelled ones under the lexicon model? One fold, one table.
 
-Trains a small FPN-style segmenter (lateral 1x1 convolutions on a pretrained timm trunk's levels,
-summed top-down, as in T.-Y. Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017)
-on the lesion masks of every fold but FOLD, outlines FOLD's lesions with it (flip TTA, the largest
-part above 0.5), and prints how the lexicon model (project.lexicon) grades them: fitted on the
+Trains the lesion segmenter of project.segment (an FPN on a pretrained timm trunk) on the lesion
+masks of every fold but FOLD, outlines FOLD's lesions with it (flip TTA, the largest part above
+0.5), and prints how the lexicon model (project.lexicon) grades them: fitted on the
 labelled outlines of the other folds, and fitted on the predicted outlines themselves (patient-level
 halves of FOLD, five splits). With --report, the averages with a classifier's predictions on FOLD. With
 --boxes-out, the box bounding each outline goes to a box file, for a lesion-crop classifier
@@ -15,102 +14,19 @@ halves of FOLD, five splits). With --report, the averages with a classifier's pr
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import albumentations as A
-import cv2
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
-from scipy import ndimage
 from sklearn.metrics import f1_score
-from timm.data import resolve_data_config
-from torch import nn
 
 from project.data.imageio import read_image
-from project.data.layout import Sample, load_split
+from project.data.layout import load_split
 from project.data.transforms import read_mask
 from project.descriptors import LexiconModel, describe_labelled, descriptor_vector
-from project.localise import box_from_map, box_iou, peak_region, write_box_file
-from project.models.factory import create_model
-
-
-class OutlineNet(nn.Module):
-    """A lesion-probability logit per pixel from a timm trunk's stride-4 to stride-32 features."""
-
-    def __init__(self, trunk: str, width: int = 64) -> None:
-        super().__init__()
-        self.trunk = create_model(trunk, num_classes=1, pretrained=True)
-        levels = self.trunk.feature_info[1:]
-        self.levels = [i + 1 for i in range(len(levels))]
-        self.lateral = nn.ModuleList(nn.Conv2d(level["num_chs"], width, 1) for level in levels)
-        self.head = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                  nn.Conv2d(width, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.trunk.forward_intermediates(x, indices=self.levels, intermediates_only=True)
-        merged = self.lateral[-1](features[-1])
-        for lateral, finer in zip(reversed(self.lateral[:-1]), reversed(features[:-1])):
-            merged = F.interpolate(merged, size=finer.shape[-2:], mode="bilinear", align_corners=False) + lateral(finer)
-        return F.interpolate(self.head(merged), size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def _resized(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
-    image = read_image(sample.path, max_side=None)
-    mask = read_mask(sample.mask, image.shape[:2])
-    return (cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA),
-            cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST).astype(np.float32))
-
-
-def train_outliner(train: Sequence[Sample], args: argparse.Namespace) -> tuple[OutlineNet, tuple, tuple]:
-    model = OutlineNet(args.model)
-    config = resolve_data_config({}, model=model.trunk)
-    mean, std = torch.tensor(config["mean"]).view(3, 1, 1), torch.tensor(config["std"]).view(3, 1, 1)
-    cached = [_resized(s, args.img_size) for s in train]
-    augment = A.Compose([A.HorizontalFlip(), A.Affine(scale=(0.85, 1.15), translate_percent=(-0.08, 0.08),
-                                                      rotate=(-10, 10), p=0.7),
-                         A.RandomBrightnessContrast(0.2, 0.2, p=0.5)], seed=args.seed)
-    steps = max(1, len(cached) // args.batch_size)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, args.lr, total_steps=args.epochs * steps, pct_start=0.1)
-    rng = np.random.default_rng(args.seed)
-    for epoch in range(args.epochs):
-        model.train()
-        order, total, started = rng.permutation(len(cached)), 0.0, time.perf_counter()
-        for step in range(steps):
-            batch = [augment(image=cached[i][0], mask=cached[i][1])
-                     for i in order[step * args.batch_size:(step + 1) * args.batch_size]]
-            images = torch.stack([(torch.from_numpy(b["image"]).permute(2, 0, 1) / 255 - mean) / std for b in batch])
-            masks = torch.stack([torch.from_numpy(b["mask"]) for b in batch]).unsqueeze(1)
-            logits = model(images)
-            probs = torch.sigmoid(logits)
-            dice = 1 - (2 * (probs * masks).sum((1, 2, 3)) + 1) / (probs.sum((1, 2, 3)) + masks.sum((1, 2, 3)) + 1)
-            loss = F.binary_cross_entropy_with_logits(logits, masks) + dice.mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += loss.item()
-        print(f"epoch {epoch}: loss {total / steps:.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
-    return model.eval(), mean, std
-
-
-@torch.inference_mode()
-def outline(model: OutlineNet, mean: torch.Tensor, std: torch.Tensor, sample: Sample, size: int) -> np.ndarray:
-    """The predicted lesion (bool, the file's size): the largest part at probability 0.5 or more."""
-    image = read_image(sample.path, max_side=None)
-    x = ((torch.from_numpy(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)).permute(2, 0, 1) / 255
-          - mean) / std)[None]
-    probs = (torch.sigmoid(model(x)) + torch.sigmoid(model(x.flip(-1))).flip(-1))[0, 0].numpy() / 2
-    probs = cv2.resize(probs, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    parts, count = ndimage.label(probs >= 0.5)
-    if count == 0:
-        return peak_region(probs)
-    sizes = ndimage.sum(np.ones_like(probs), parts, range(1, count + 1))
-    return parts == 1 + int(np.argmax(sizes))
+from project.localise import box_from_map, box_iou, write_box_file
+from project.segment import outline, train_segmenter
 
 
 def _macro_f1(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -143,7 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, help="a classifier report's fold folder (predictions.csv) on FOLD")
     parser.add_argument("--boxes-out", type=Path, metavar="CSV", help="write the box of each outline of FOLD here")
     args = parser.parse_args(argv)
-    torch.manual_seed(args.seed)
     scan, config = load_split(args.data)
     samples = [s for s in scan.samples if s.label is not None and s.mask is not None and s.fold is not None]
     held = [s for s in samples if s.fold == args.fold]
@@ -151,15 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     labelled, _ = describe_labelled(samples)
     lexicon = LexiconModel.fit(np.stack([labelled[s.path.name] for s in others]),
                                np.array([s.label for s in others]), config.classes)
-    model, mean, std = train_outliner(others, args)
+    model, preprocess = train_segmenter(others, args.model, args.img_size, args.epochs, args.batch_size, args.lr,
+                                        args.seed)
     labels = np.array([s.label for s in held])
     groups = np.array([s.group or s.path.name for s in held])
     predicted, ious, boxes = [], [], {}
     for sample in held:
-        found = outline(model, mean, std, sample, args.img_size)
+        image = read_image(sample.path, max_side=None)
+        found = outline(model, preprocess, image)
         truth = read_mask(sample.mask, found.shape).astype(bool)
         ious.append((found & truth).sum() / max((found | truth).sum(), 1))
-        predicted.append(descriptor_vector(read_image(sample.path, max_side=None), found))
+        predicted.append(descriptor_vector(image, found))
         boxes[sample.path.name] = box_from_map(found.astype(np.float32))
     if args.boxes_out is not None:
         write_box_file(args.boxes_out, boxes)

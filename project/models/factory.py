@@ -34,6 +34,7 @@ _OWN_BUILDERS = {
     "my_densenet": "project.models.densenet:build_my_densenet",
     "my_efficientnet": "project.models.efficientnet:build_my_efficientnet",
     "my_efficientnet_features": "project.models.efficientnet:build_my_efficientnet_features",
+    "outline_fpn": "project.models.outline:build_outline_net",
     "whole_image": "project.models.whole_image:build_whole_image",
 }
 # Keys under which training frameworks nest the weights (Lightning, FB/DeiT, plain torch).
