@@ -93,7 +93,8 @@ def train_segmenter(
 
 
 def save_segmenter(path: Path, model: OutlineNet, preprocess: Preprocess, trunk: str) -> None:
-    config = CheckpointConfig(task=TASK, model_name="outline_fpn", model_kwargs={"trunk": trunk},
+    config = CheckpointConfig(task=TASK, model_name="outline_fpn",
+                              model_kwargs={"trunk": trunk, "width": model.lateral[0].out_channels},
                               labels=["lesion"], preprocess=preprocess.to_dict())
     save_checkpoint(path, model, config)
 
@@ -154,6 +155,9 @@ def _train_command(args: argparse.Namespace) -> int:
 
 
 def _boxes_command(args: argparse.Namespace) -> int:
+    if not args.images.is_dir():
+        print(f"segment: {args.images}: no such folder of images", file=sys.stderr)
+        return 2
     try:
         boxes, errors = boxes_for_folder(args.weights, args.images)
     except CheckpointError as exc:

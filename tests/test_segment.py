@@ -74,6 +74,9 @@ def test_the_checkpoint_gives_the_same_boxes_and_the_command_writes_them(
         again = outline_box(model, preprocess, np.asarray(Image.open(sample.path)))
         assert written[sample.path.name] == pytest.approx(again, abs=1e-6)
     assert "broken.png" in capsys.readouterr().err
+    assert main(["boxes", "--weights", str(segmenter), "--images", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "c.csv")]) == 2
+    assert "nowhere: no such folder of images" in capsys.readouterr().err
 
 
 def test_a_classifier_checkpoint_is_not_a_segmenter(tmp_path: Path) -> None:
