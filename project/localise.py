@@ -130,9 +130,14 @@ def write_box_file(path: Path, boxes: Mapping[str, Box]) -> None:
 
 
 def read_box_file(path: Path) -> dict[str, Box]:
-    """File name -> YOLO box from a box file (BOX_COLUMNS); ValueError naming the file and row of a bad one."""
+    """File name -> YOLO box from a box file (BOX_COLUMNS); ValueError naming the file (and row) when it cannot
+    be read or a row is bad."""
+    try:
+        rows = read_csv_rows(path, BOX_COLUMNS, ValueError)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
     boxes: dict[str, Box] = {}
-    for row_number, row in enumerate(read_csv_rows(path, BOX_COLUMNS, ValueError), start=2):
+    for row_number, row in enumerate(rows, start=2):
         name = row["img_name"]
         try:
             box = tuple(float(row[column]) for column in BOX_COLUMNS[1:])

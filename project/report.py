@@ -184,8 +184,6 @@ def _boxes_from_files(box_files: Sequence[Path], names: Sequence[str]) -> list[B
     for path in box_files:
         try:
             found = read_box_file(path)
-        except OSError as exc:
-            raise ReportError(f"{path}: cannot read: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise ReportError(str(exc)) from None
         repeated = sorted(set(found) & set(boxes))

@@ -123,8 +123,6 @@ def read_given_boxes(path: Path | None) -> dict[str, Box] | None:
         return None
     try:
         return read_box_file(path)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

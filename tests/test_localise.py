@@ -79,6 +79,8 @@ def test_a_box_file_round_trips_in_name_order(tmp_path: Path) -> None:
     read = read_box_file(tmp_path / "boxes.csv")
     assert list(read) == ["a.png", "b.png"] and read["b.png"] == boxes["b.png"]
     assert read["a.png"] == pytest.approx(boxes["a.png"], abs=1e-6)
+    with pytest.raises(ValueError, match="absent.csv: cannot read: No such file"):
+        read_box_file(tmp_path / "absent.csv")
 
 
 @pytest.mark.parametrize(("rows", "message"), [
