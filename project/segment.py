@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from timm.data import resolve_data_config
+from tqdm import tqdm
 
 from project.data.imageio import ImageReadError, read_image
 from project.data.layout import Box, Sample, list_images, load_split
@@ -65,7 +66,7 @@ def train_segmenter(
     model = OutlineNet(trunk, pretrained_trunk=pretrained)
     config = resolve_data_config({}, model=model.trunk)
     preprocess = Preprocess(img_size=img_size, mean=tuple(config["mean"]), std=tuple(config["std"]), cut_black=None)
-    cached = [resized_pair(s, img_size) for s in samples]
+    cached = [resized_pair(s, img_size) for s in tqdm(samples, desc="caching masks", unit="image", leave=False)]
     augment = A.Compose([A.HorizontalFlip(), A.Affine(scale=(0.85, 1.15), translate_percent=(-0.08, 0.08),
                                                       rotate=(-10, 10), p=0.7),
                          A.RandomBrightnessContrast(0.2, 0.2, p=0.5)], seed=seed)
@@ -131,7 +132,7 @@ def boxes_for_folder(weights: Path, images: Path) -> tuple[dict[str, Box], dict[
     """The box of each image in `images` (file name -> box), and why the unreadable ones were skipped."""
     model, preprocess = load_segmenter(weights)
     boxes, errors = {}, {}
-    for path in list_images(images):
+    for path in tqdm(list_images(images), desc="outlining", unit="image", leave=False):
         try:
             boxes[path.name] = outline_box(model, preprocess, read_image(path, max_side=None))
         except ImageReadError as exc:
