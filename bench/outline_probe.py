@@ -1,12 +1,13 @@
 """Probe: can a segmenter's outlines stand in for the labelled ones under the lexicon model? One fold, one table.
 
 Trains the lesion segmenter of project.segment (an FPN on a pretrained timm trunk) on the lesion
-masks of every fold but FOLD, outlines FOLD's lesions with it (flip TTA, the largest part above
-0.5), and prints how the lexicon model (project.lexicon) grades them: fitted on the
-labelled outlines of the other folds, and fitted on the predicted outlines themselves (patient-level
-halves of FOLD, five splits). With --report, the averages with a classifier's predictions on FOLD. With
---boxes-out, the box bounding each outline goes to a box file, for a lesion-crop classifier
-(`project.report --boxes-from`, `run.py --boxes`), and the boxes' IoU with the labelled ones is printed.
+masks of every fold but FOLD (a run folder under --run-dir, judged on FOLD's masks each epoch),
+outlines FOLD's lesions with it (flip TTA, the largest part above 0.5), and prints how the lexicon
+model (project.lexicon) grades them: fitted on the labelled outlines of the other folds, and fitted
+on the predicted outlines themselves (patient-level halves of FOLD, five splits). With --report, the
+averages with a classifier's predictions on FOLD. With --boxes-out, the box bounding each outline goes
+to a box file, for a lesion-crop classifier (`project.report --boxes-from`, `run.py --boxes`), and the
+boxes' IoU with the labelled ones is printed.
 
     python bench/outline_probe.py --data data/busbra --fold 1 --epochs 6 --report reports/busbra_e5_tta_les/fold0
 """
@@ -26,7 +27,7 @@ from project.data.layout import load_split
 from project.data.transforms import read_mask
 from project.descriptors import LexiconModel, describe_labelled, descriptor_vector
 from project.localise import box_from_map, box_iou, write_box_file
-from project.segment import outline, train_segmenter
+from project.segment import SegmenterConfig, outline, train_segmenter
 
 
 def _macro_f1(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="dataset with masks/ folders and a fold column")
     parser.add_argument("--fold", type=int, required=True, help="the fold number to outline (the others train)")
     parser.add_argument("--model", default="tf_efficientnet_lite0")
+    parser.add_argument("--run-dir", type=Path, help="the segmenter's run folder (default runs/outline_probe/foldFOLD)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--img-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -66,8 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     labelled, _ = describe_labelled(samples)
     lexicon = LexiconModel.fit(np.stack([labelled[s.path.name] for s in others]),
                                np.array([s.label for s in others]), config.classes)
-    model, preprocess = train_segmenter(others, args.model, args.img_size, args.epochs, args.batch_size, args.lr,
-                                        args.seed)
+    config = SegmenterConfig(trunk=args.model, img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size,
+                             lr=args.lr, seed=args.seed)
+    run_dir = args.run_dir or Path("runs/outline_probe") / f"fold{args.fold}"
+    model, preprocess = train_segmenter(others, held, run_dir, config)
     labels = np.array([s.label for s in held])
     groups = np.array([s.group or s.path.name for s in held])
     predicted, ious, boxes = [], [], {}

@@ -143,7 +143,9 @@ def _scheduler(optimizer, config: EngineConfig, stage: Stage, steps_per_epoch: i
 class Trainer:
     """Fits `model` to minimise `criterion` on `train_data`, judging each epoch on `val_data`, into `out_dir`.
 
-    `judge(logits, targets)` evaluates the whole validation set, its rows in `val_data`'s order.
+    `judge(logits, targets)` evaluates the whole validation set, its rows in `val_data`'s order. Without
+    `val_data` (a final model trained on every labelled image) nothing is judged and the checkpoint holds
+    the last epoch, so `config.select` must be "last".
     """
 
     def __init__(
@@ -152,13 +154,15 @@ class Trainer:
         criterion: nn.Module,
         judge: Judge,
         train_data: Dataset,
-        val_data: Dataset,
+        val_data: Dataset | None,
         out_dir: Path,
         config: EngineConfig,
         checkpoint_config: CheckpointConfig,
         train_sampler: Sampler | None = None,
         batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
+        if val_data is None and config.select != "last":
+            raise ValueError(f"select={config.select!r} needs validation data to select by; use select='last'")
         self.rank, self.world_size = init_distributed()
         seed_everything(config.seed + self.rank, config.deterministic)
         self.config, self.criterion, self.judge, self.out_dir = config, criterion, judge, Path(out_dir)
@@ -176,8 +180,9 @@ class Trainer:
         per_rank_batch = max(config.batch_size // self.world_size, 1)
         self.train_loader = make_loader(train_data, per_rank_batch, config.workers, train_sampler, train=True,
                                         persistent=True)
-        val_sampler = ShardSampler(len(val_data), self.rank, self.world_size)
-        self.val_loader = make_loader(val_data, per_rank_batch, config.workers, val_sampler, persistent=True)
+        self.val_loader = None if val_data is None else make_loader(
+            val_data, per_rank_batch, config.workers, ShardSampler(len(val_data), self.rank, self.world_size),
+            persistent=True)
         self.batch_transform = batch_transform
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
         self.history: list[dict[str, float]] = []
@@ -281,7 +286,11 @@ class Trainer:
         return loss.detach().float()
 
     @torch.inference_mode()
-    def _evaluate(self) -> tuple[Evaluation | None, float]:
+    def _evaluate(self) -> tuple[Evaluation | None, float | None]:
+        """The judge's evaluation and the validation loss on rank 0 (None, 0.0 elsewhere); without validation
+        data, an empty evaluation and no loss."""
+        if self.val_loader is None:
+            return Evaluation(metrics={}), None
         model = self.eval_model.eval()
         logits, targets = [], []
         for images, target in self.val_loader:
@@ -295,19 +304,21 @@ class Trainer:
         val_loss = float(self.criterion(logits, targets))
         return self.judge(logits, targets), val_loss
 
-    def _end_epoch(self, train_loss: float, speed: float, val_loss: float, evaluation: Evaluation | None) -> bool:
+    def _end_epoch(
+        self, train_loss: float, speed: float, val_loss: float | None, evaluation: Evaluation | None
+    ) -> bool:
         """Log, checkpoint and decide early stopping on rank 0; every rank learns the decision."""
         stop = [False]
         if is_main_process():
             row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                   "train_images_per_s": speed, "val_loss": val_loss,
+                   "train_images_per_s": speed, **({} if val_loss is None else {"val_loss": val_loss}),
                    **{f"val_{k}": v for k, v in evaluation.metrics.items()}}
             self.history.append(row)
             self._log(row)
-            improved = row["val_score"] > self.best_score
+            improved = "val_score" in row and row["val_score"] > self.best_score
             if improved:
                 self.best_score, self.stale_epochs = row["val_score"], 0
-            else:
+            elif "val_score" in row:  # without validation nothing goes stale: patience never stops the run
                 self.stale_epochs += 1
             if improved or self.config.select == "last":
                 self._save_checkpoint(evaluation)

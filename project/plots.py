@@ -23,10 +23,10 @@ def save_figure(figure: plt.Figure, path: Path) -> None:
 
 
 def plot_learning_curves(rows: Sequence[Mapping[str, float]], path: Path) -> None:
-    """Losses on the left, validation scores on the right, against the epoch."""
+    """Losses on the left, validation scores on the right (empty without validation), against the epoch."""
     epochs = [row["epoch"] for row in rows]
     figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("train_loss", "val_loss"):
+    for key in [k for k in ("train_loss", "val_loss") if k in rows[0]]:
         loss_axis.plot(epochs, [row[key] for row in rows], marker="o", label=key)
     score_keys = [k for k in rows[0] if k.startswith("val_") and k != "val_loss"]
     for key in score_keys:
@@ -35,7 +35,8 @@ def plot_learning_curves(rows: Sequence[Mapping[str, float]], path: Path) -> Non
         axis.set_xlabel("epoch")
         axis.set_title(title)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
     save_figure(figure, path)
 
 

@@ -1,17 +1,32 @@
-"""The lesion segmenter: it learns where a lesion is, its checkpoint round-trips, and it writes box files."""
+"""The lesion segmenter: it learns where a lesion is on the shared engine, its checkpoint round-trips, and it
+writes box files."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from project.data.layout import Sample
+from project.data.transforms import Preprocess
+from project.engine import EngineConfig, Trainer
 from project.localise import box_iou, read_box_file
-from project.models.checkpoint import CheckpointError
-from project.segment import load_segmenter, main, outline_box, save_segmenter, train_segmenter
+from project.models.checkpoint import CheckpointConfig, CheckpointError
+from project.models.outline import OutlineNet
+from project.segment import (
+    DiceBCELoss,
+    MaskDataset,
+    SegmenterConfig,
+    judge_outlines,
+    load_segmenter,
+    main,
+    outline_box,
+    train_segmenter,
+)
 
 
 def _lesion_picture(folder: Path, index: int, rng: np.random.Generator) -> tuple[Sample, tuple[float, ...]]:
@@ -39,11 +54,16 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Sample], li
 
 @pytest.fixture(scope="module")
 def segmenter(pictures, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder: the segmenter trained on 48 pictures, judged on the other 16 after each epoch."""
     samples, _ = pictures
-    model, preprocess = train_segmenter(samples[:48], img_size=64, epochs=6, batch_size=8, seed=0)
-    path = tmp_path_factory.mktemp("segmenter") / "segmenter.safetensors"
-    save_segmenter(path, model, preprocess, "tf_efficientnet_lite0")
-    return path
+    run = tmp_path_factory.mktemp("segmenter")
+    train_segmenter(samples[:48], samples[48:], run, SegmenterConfig(img_size=64, epochs=6, batch_size=8))
+    return run
+
+
+def _summary(run: Path) -> list[dict[str, str]]:
+    with open(run / "summary.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def test_the_segmenter_frames_lesions_it_has_not_seen(pictures, segmenter: Path) -> None:
@@ -55,6 +75,25 @@ def test_the_segmenter_frames_lesions_it_has_not_seen(pictures, segmenter: Path)
     whole_frame = np.mean([box_iou((0.5, 0.5, 1.0, 1.0), b) for b in boxes[48:]])
     assert whole_frame < 0.15
     assert ious.mean() > 0.4, ious  # 0.59 here; one epoch gives 0.30
+
+
+def test_the_run_folder_judges_each_epoch_on_the_held_out_masks(segmenter: Path) -> None:
+    rows = _summary(segmenter)
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4, 5, 6]
+    assert {"val_loss", "val_box_iou", "val_box_iou_over_half", "val_dice"} <= set(rows[0])
+    assert float(rows[-1]["val_box_iou"]) > max(0.4, float(rows[0]["val_box_iou"]))
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+    assert list((segmenter / "tensorboard").iterdir()) and (segmenter / "learning_curves.png").is_file()
+
+
+def test_the_judge_scores_a_perfect_and_a_misplaced_outline() -> None:
+    masks = torch.zeros(2, 1, 20, 20)
+    masks[:, :, 4:10, 6:16] = 1
+    perfect = judge_outlines((masks * 2 - 1) * 10, masks).metrics
+    assert perfect["box_iou"] == pytest.approx(1.0) and perfect["dice"] == pytest.approx(1.0)
+    shifted = torch.roll(masks, 10, dims=2)  # the same box 10 rows lower: no overlap
+    misplaced = judge_outlines((shifted * 2 - 1) * 10, masks).metrics
+    assert misplaced["box_iou"] == 0.0 and misplaced["box_iou_over_half"] == 0.0 and misplaced["dice"] == 0.0
 
 
 def test_the_checkpoint_gives_the_same_boxes_and_the_command_writes_them(
@@ -80,7 +119,7 @@ def test_the_checkpoint_gives_the_same_boxes_and_the_command_writes_them(
 
 
 def test_a_classifier_checkpoint_is_not_a_segmenter(tmp_path: Path) -> None:
-    from project.models.checkpoint import CheckpointConfig, save_checkpoint
+    from project.models.checkpoint import save_checkpoint
     from project.models.factory import create_model
 
     save_checkpoint(tmp_path / "cls.safetensors", create_model("resnet10t", num_classes=2),
@@ -88,3 +127,37 @@ def test_a_classifier_checkpoint_is_not_a_segmenter(tmp_path: Path) -> None:
                                      labels=["a", "b"], preprocess={}))
     with pytest.raises(CheckpointError, match="cls.safetensors: a cla checkpoint, not a lesion segmenter"):
         load_segmenter(tmp_path / "cls.safetensors")
+
+
+def _mask_dataset(root: Path, pictures: list[Sample]) -> Path:
+    """The pictures in the challenge layout, one class folder with images/ and masks/ (no folds)."""
+    folder = root / "train" / "cla" / "2类"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for sample in pictures:
+        (folder / "images" / sample.path.name).write_bytes(sample.path.read_bytes())
+        (folder / "masks" / sample.path.name).write_bytes(sample.mask.read_bytes())
+    return root
+
+
+def test_the_train_command_without_a_fold_trains_on_every_mask(pictures, tmp_path: Path) -> None:
+    samples, _ = pictures
+    data = _mask_dataset(tmp_path / "data", samples[:16])
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--img-size", "64", "--epochs", "1",
+                 "--batch-size", "8"]) == 0
+    rows = _summary(run)
+    assert len(rows) == 1 and not any(key.startswith("val_") for key in rows[0])  # nothing held out to judge
+    assert (run / "args.yaml").is_file()
+    model, preprocess = load_segmenter(run / "best.safetensors")
+    assert preprocess.img_size == 64 and model.lateral[0].out_channels == 64
+
+
+def test_without_validation_the_engine_refuses_to_select_the_best_epoch(pictures, tmp_path: Path) -> None:
+    samples, _ = pictures
+    preprocess = Preprocess(img_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, cut_black=None)
+    with pytest.raises(ValueError, match="select='best' needs validation data"):
+        Trainer(OutlineNet(), DiceBCELoss(), judge_outlines, MaskDataset(samples[:4], preprocess, False), None,
+                tmp_path, EngineConfig(epochs=1, select="best"),
+                CheckpointConfig(task="outline", model_name="outline_fpn", model_kwargs={}, labels=["lesion"],
+                                 preprocess={}))
