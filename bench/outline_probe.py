@@ -1,7 +1,7 @@
 """Probe: can a segmenter's outlines stand in for the labelled ones under the lexicon model? One fold, one table.
 
 Trains the lesion segmenter of project.segment (an FPN on a pretrained timm trunk) on the lesion
-masks of every fold but FOLD (a run folder under --run-dir, judged on FOLD's masks each epoch),
+masks of every fold but FOLD (its run folder judges FOLD's masks each epoch; kept with --run-dir),
 outlines FOLD's lesions with it (flip TTA, the largest part above 0.5), and prints how the lexicon
 model (project.lexicon) grades them: fitted on the labelled outlines of the other folds, and fitted
 on the predicted outlines themselves (patient-level halves of FOLD, five splits). With --report, the
@@ -15,6 +15,7 @@ boxes' IoU with the labelled ones is printed.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="dataset with masks/ folders and a fold column")
     parser.add_argument("--fold", type=int, required=True, help="the fold number to outline (the others train)")
     parser.add_argument("--model", default="tf_efficientnet_lite0")
-    parser.add_argument("--run-dir", type=Path, help="the segmenter's run folder (default runs/outline_probe/foldFOLD)")
+    parser.add_argument("--run-dir", type=Path,
+                        help="keep the segmenter's run folder here (default: a temporary folder, removed after)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--img-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -68,10 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     labelled, _ = describe_labelled(samples)
     lexicon = LexiconModel.fit(np.stack([labelled[s.path.name] for s in others]),
                                np.array([s.label for s in others]), config.classes)
-    config = SegmenterConfig(trunk=args.model, img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size,
+    settings = SegmenterConfig(trunk=args.model, img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size,
                              lr=args.lr, seed=args.seed)
-    run_dir = args.run_dir or Path("runs/outline_probe") / f"fold{args.fold}"
-    model, preprocess = train_segmenter(others, held, run_dir, config)
+    with tempfile.TemporaryDirectory() as scratch:
+        model, preprocess = train_segmenter(others, held, args.run_dir or Path(scratch), settings)
     labels = np.array([s.label for s in held])
     groups = np.array([s.group or s.path.name for s in held])
     predicted, ious, boxes = [], [], {}

@@ -252,12 +252,13 @@ def test_column_needs_a_metadata_csv(outlined: Path, tmp_path: Path, capsys) -> 
     assert f"{data}: dataset.yaml names no metadata CSV" in capsys.readouterr().err
 
 
-def test_the_outline_probe_trains_a_segmenter_and_prints_its_table(outlined: Path, capsys) -> None:
+def test_the_outline_probe_trains_a_segmenter_and_prints_its_table(outlined: Path, tmp_path: Path, capsys) -> None:
     spec = importlib.util.spec_from_file_location("outline_probe", ROOT / "bench" / "outline_probe.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     assert probe.main(["--data", str(outlined), "--fold", "1", "--epochs", "1", "--img-size", "64",
-                       "--batch-size", "8"]) == 0
+                       "--batch-size", "8", "--run-dir", str(tmp_path / "segmenter")]) == 0
+    assert "val_box_iou" in (tmp_path / "segmenter" / "summary.csv").read_text().splitlines()[0]
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[1].startswith("| labelled outlines | 1.000 |")
     iou = float(rows[2].split("|")[2])
