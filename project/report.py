@@ -517,7 +517,10 @@ def _report_html(metrics: dict, plots: Sequence[str]) -> str:
     ]
     for name in plots:
         parts.append(f"<h2>{html.escape(PLOTS[name])}</h2><img src='{name}' alt='{name}'>")
-    if "gradcam_wrong.png" not in plots:
+    gradcam = metrics["gradcam"]
+    if "not_drawn" in gradcam:
+        parts.append(f"<p>No Grad-CAM: {html.escape(gradcam['not_drawn'])}.</p>")
+    elif gradcam["right"] and not gradcam["wrong"]:
         parts.append("<p>No wrong predictions: no Grad-CAM of errors.</p>")
     return _html_page(f"Validation report: {Path(metrics['run']).name}", "\n".join(parts))
 
@@ -553,18 +556,27 @@ def build_report(
     plot_roc(metrics["malignancy"], out / "roc_malignancy.png")
     plot_reliability(metrics["calibration"], out / "reliability.png")
     plots = ["learning_curves.png", "confusion_matrix.png", "per_class.png", "roc_malignancy.png", "reliability.png"]
-    right, wrong = pick_cases(validation.probs, labels, cam_cases)
-    torch_device = next(first.model.parameters()).device
-    for name, cases in (("gradcam_right.png", right), ("gradcam_wrong.png", wrong)):
-        if cases:
-            plot_gradcam(validation, cases, torch_device, out / name)
-            plots.append(name)
-    metrics["gradcam"] = {"target_layer": gradcam_target_layer(first.model)[0],
-                          "right": [validation.samples[i].path.name for i in right],
-                          "wrong": [validation.samples[i].path.name for i in wrong]}
+    if getattr(first.model, "views", 1) == 1:
+        metrics["gradcam"] = _draw_gradcam(validation, labels, cam_cases, out, plots)
+    else:
+        metrics["gradcam"] = {"not_drawn": "Grad-CAM reads one image; this model sees two views of each"}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out / "index.html", _report_html(metrics, plots))
     return metrics
+
+
+def _draw_gradcam(validation: Validation, labels: np.ndarray, cases: int, out: Path, plots: list[str]) -> dict:
+    """Grad-CAM of the most confident right and wrong cases into `out` (their names added to `plots`)."""
+    model = validation.members[0].model
+    right, wrong = pick_cases(validation.probs, labels, cases)
+    torch_device = next(model.parameters()).device
+    for name, picked in (("gradcam_right.png", right), ("gradcam_wrong.png", wrong)):
+        if picked:
+            plot_gradcam(validation, picked, torch_device, out / name)
+            plots.append(name)
+    return {"target_layer": gradcam_target_layer(model)[0],
+            "right": [validation.samples[i].path.name for i in right],
+            "wrong": [validation.samples[i].path.name for i in wrong]}
 
 
 def fold_figures(metrics: Mapping) -> dict[str, float | None]:

@@ -97,6 +97,9 @@ def build_parser(name: str) -> argparse.ArgumentParser:
         help="with --lesion-crop: scale each training box's sides by up to 1 + AMOUNT either way and move it by up "
              "to AMOUNT / 4 of a side, drawn anew every time (as a localiser errs); the training images are then "
              "preprocessed every epoch, not cached")
+    add("--whole-view", action=argparse.BooleanOptionalAction, default=False,
+        help="with --lesion-crop and --model two_view: the whole image beside the lesion crop, both seen by one "
+             "network (no CutMix: a pasted lesion would sit in one view only)")
     add("--mean", type=comma_floats, default=None,
         help="per-channel normalisation mean (default: the model's pretrained one)")
     add("--std", type=comma_floats, default=None,
@@ -131,8 +134,14 @@ def _preprocess(args: argparse.Namespace, model: torch.nn.Module) -> Preprocess:
     data_config = resolve_data_config({}, model=model)
     mean = tuple(args.mean or data_config["mean"])
     std = tuple(args.std or data_config["std"])
-    return Preprocess(img_size=args.img_size, mean=mean, std=std, cut_black=cut, clahe=args.clahe,
-                      remove_marks=args.remove_marks, keep_aspect=args.keep_aspect, lesion_crop=args.lesion_crop)
+    preprocess = Preprocess(img_size=args.img_size, mean=mean, std=std, cut_black=cut, clahe=args.clahe,
+                            remove_marks=args.remove_marks, keep_aspect=args.keep_aspect, lesion_crop=args.lesion_crop,
+                            whole_view=args.whole_view)
+    views = getattr(model, "views", 1)
+    if preprocess.channels != 3 * views:
+        raise SystemExit(f"model {type(model).__name__} takes {views} view(s) and the preprocessing gives "
+                         f"{preprocess.channels // 3}: --whole-view goes with --model two_view, and only with it")
+    return preprocess
 
 
 def _build_model(args: argparse.Namespace, name: str, kwargs: dict) -> torch.nn.Module:
@@ -150,7 +159,8 @@ def _build_model(args: argparse.Namespace, name: str, kwargs: dict) -> torch.nn.
 def cache_images(datasets: Sequence[LesionDataset], data_root: Path) -> None:
     """Fill each dataset's RAM cache if all of them (on every local rank) fit; else say why not."""
     img_size = datasets[0].preprocess.img_size
-    needed = sum(cache_bytes(len(dataset), img_size, dataset.lesion_maps) for dataset in datasets)
+    needed = sum(cache_bytes(len(dataset), img_size, dataset.lesion_maps, dataset.preprocess.channels)
+                 for dataset in datasets)
     count = sum(len(dataset) for dataset in datasets)
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     fits, sizes = fits_in_memory(needed * ranks_here)
@@ -236,9 +246,11 @@ def _lesion_map_weight(args: argparse.Namespace) -> float:
 
 def _check_lesion_boxes(args: argparse.Namespace, samples: Sequence[Sample]) -> None:
     """--lesion-crop needs every image's lesion box (labels/<image>.txt)."""
+    if getattr(args, "whole_view", False) and (getattr(args, "cutmix", 0.0) > 0 or _lesion_map_weight(args) > 0):
+        raise SystemExit("--whole-view goes without --cutmix and --lesion-map: both follow one view, it has two")
     if not getattr(args, "lesion_crop", None):
-        if getattr(args, "lesion_crop_jitter", 0.0):
-            raise SystemExit("--lesion-crop-jitter needs --lesion-crop")
+        if getattr(args, "lesion_crop_jitter", 0.0) or getattr(args, "whole_view", False):
+            raise SystemExit("--lesion-crop-jitter and --whole-view need --lesion-crop")
         return
     missing = [str(s.path) for s in samples if s.box is None]
     if missing:

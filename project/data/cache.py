@@ -60,8 +60,8 @@ class ImageCache:
         return self.images[index].copy(), self.boxes[index], lesion
 
 
-def cache_bytes(count: int, img_size: int, lesion_maps: bool = False) -> int:
-    return count * img_size * img_size * (4 if lesion_maps else 3)
+def cache_bytes(count: int, img_size: int, lesion_maps: bool = False, channels: int = 3) -> int:
+    return count * img_size * img_size * (channels + lesion_maps)
 
 
 def available_memory() -> int | None:
@@ -85,16 +85,17 @@ def fits_in_memory(needed: int) -> tuple[bool, str]:
 
 
 def fill_cache(
-    count: int, img_size: int, load: Callable[[int], Loaded], desc: str = "caching images", lesion_maps: bool = False
+    count: int, img_size: int, load: Callable[[int], Loaded], desc: str = "caching images", lesion_maps: bool = False,
+    channels: int = 3,
 ) -> ImageCache:
-    """Run `load` (index → HxWx3 uint8 of side img_size, box, lesion map) on every index, in threads.
+    """Run `load` (index → HxWxchannels uint8 of side img_size, box, lesion map) on every index, in threads.
 
     The lesion maps are kept only when `lesion_maps` is set. Decoding and resizing release the GIL,
     so threads use all cores. Every unreadable image is collected first and then reported together
     (UnreadableImages).
     """
     started = time.perf_counter()
-    images = np.empty((count, img_size, img_size, 3), dtype=np.uint8)
+    images = np.empty((count, img_size, img_size, channels), dtype=np.uint8)
     maps = np.zeros((count, img_size, img_size), dtype=np.uint8) if lesion_maps else None
     known = np.zeros(count, dtype=bool)
     boxes: list[XYXY | None] = [None] * count

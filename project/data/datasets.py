@@ -100,7 +100,8 @@ class LesionDataset(Dataset):
     def cache_images(self) -> ImageCache:
         """Preprocess every image once into RAM; call before the DataLoader workers start."""
         desc = f"caching {len(self)} {self.task.name} images at {self.preprocess.img_size} px"
-        self.cache = fill_cache(len(self), self.preprocess.img_size, self.preprocessed, desc, self.lesion_maps)
+        self.cache = fill_cache(len(self), self.preprocess.img_size, self.preprocessed, desc, self.lesion_maps,
+                                self.preprocess.channels)
         return self.cache
 
     @property

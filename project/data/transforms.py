@@ -43,6 +43,12 @@ class Preprocess:
     remove_marks: bool = False  # inpaint burnt-in marks (project.data.marks) before CutBlack
     keep_aspect: bool = False  # letterbox: scale the longer side to img_size, pad the shorter with black
     lesion_crop: float | None = None  # crop to the lesion box grown by this factor first (project.localise)
+    whole_view: bool = False  # with lesion_crop: the whole image follows the crop as channels 3-5 (two_view models)
+
+    @property
+    def channels(self) -> int:
+        """Channels of a preprocessed image: RGB, or RGB of the lesion crop then RGB of the whole image."""
+        return 6 if self.whole_view else 3
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +65,7 @@ class Preprocess:
             remove_marks=bool(raw.get("remove_marks", False)),
             keep_aspect=bool(raw.get("keep_aspect", False)),
             lesion_crop=float(raw["lesion_crop"]) if raw.get("lesion_crop") else None,
+            whole_view=bool(raw.get("whole_view", False)),
         )
 
 
@@ -229,13 +236,21 @@ class Preprocessor:
     """
 
     def __init__(self, preprocess: Preprocess) -> None:
+        if preprocess.whole_view and not preprocess.lesion_crop:
+            raise ValueError("whole_view needs lesion_crop: the whole image is the second view of a lesion crop")
         self.preprocess = preprocess
         self.resize = build_resize(preprocess.img_size, preprocess.clahe, preprocess.keep_aspect)
 
     def __call__(self, path: str | Path, box: Box | None = None) -> tuple[np.ndarray, XYXY | None]:
-        """img_size x img_size x 3 uint8 and the lesion box as normalised xyxy; raises ImageReadError."""
-        image, box, _ = self._lesion_crop(path, self._decode(path), box)
+        """img_size x img_size x channels uint8 and the lesion box (in the crop) as normalised xyxy; raises
+        ImageReadError. With whole_view, the whole image, put through the same CutBlack and resize, follows the
+        crop's channels."""
+        decoded = self._decode(path)
+        image, box, _ = self._lesion_crop(path, decoded, box)
         resized, xyxy, _ = self._crop_and_resize(image, box, self._bounds(image))
+        if self.preprocess.whole_view:
+            whole, _, _ = self._crop_and_resize(decoded, None, self._bounds(decoded))
+            resized = np.concatenate([resized, whole], axis=2)
         return resized, xyxy
 
     def framed(self, path: str | Path) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int]]:
@@ -253,6 +268,8 @@ class Preprocessor:
     ) -> tuple[np.ndarray, XYXY | None, np.ndarray | None]:
         """As __call__, plus the lesion as an img_size x img_size uint8 map of 0 and 1 that follows the
         image's crop: the mask file where there is one, else the filled lesion box, else None (unknown)."""
+        if self.preprocess.whole_view:
+            raise ValueError("lesion maps follow one view; whole_view has two")
         image = self._decode(path)
         mask = read_mask(mask_path, image.shape[:2]) if mask_path is not None else None
         image, box, mask = self._lesion_crop(path, image, box, mask)
@@ -320,15 +337,17 @@ def apply_with_box(
 
 
 def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """HxWx3 uint8 → normalised float CHW tensor, (x / 255 - mean) / std as one multiply-add.
+    """HxWxC uint8 → normalised float CHW tensor, (x / 255 - mean) / std as one multiply-add.
 
+    C is 3, or a multiple of 3 (views of one image side by side in channels), each view normalised alike.
     The tensor keeps the image's HWC memory order (a channels-last view); torch handles either.
     """
-    scale, offset = _scale_and_offset(tuple(mean), tuple(std))
+    views = image.shape[2] // len(mean)
+    scale, offset = _scale_and_offset(tuple(mean) * views, tuple(std) * views)
     return torch.from_numpy(image).permute(2, 0, 1).float().mul_(scale).sub_(offset)
 
 
 @functools.lru_cache(maxsize=8)
 def _scale_and_offset(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    std_ = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return 1 / (255 * std_), torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / std_
+    std_ = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return 1 / (255 * std_), torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_

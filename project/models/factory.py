@@ -35,6 +35,7 @@ _OWN_BUILDERS = {
     "my_efficientnet": "project.models.efficientnet:build_my_efficientnet",
     "my_efficientnet_features": "project.models.efficientnet:build_my_efficientnet_features",
     "outline_fpn": "project.models.outline:build_outline_net",
+    "two_view": "project.models.two_view:build_two_view",
     "whole_image": "project.models.whole_image:build_whole_image",
 }
 # Keys under which training frameworks nest the weights (Lightning, FB/DeiT, plain torch).
@@ -103,7 +104,7 @@ def load_pretrained(model: nn.Module, timm_name: str) -> LoadReport:
     cfg = get_pretrained_cfg(architecture)
     report = load_state(model, adapt_first_conv(state, model.state_dict(), cfg.first_conv), source)
     classifier = cfg.classifier or "classifier"
-    unloaded = [key for key in report.skipped if not key.startswith(f"{classifier}.")]
+    unloaded = [key for key in report.skipped if not _without_model_wrapper(key).startswith(f"{classifier}.")]
     if unloaded:
         raise InitWeightsError(f"{source}: pretrained tensors that do not fit {timm_name}: {unloaded[:5]}")
     if report.skipped and hasattr(model, "get_classifier"):
@@ -293,6 +294,12 @@ def _add_model_wrapper_prefix(
         if any(f"{prefix}{key}" in model_state for key in state):
             return {f"{prefix}{key}": tensor for key, tensor in state.items()}
     return state
+
+
+def _without_model_wrapper(key: str) -> str:
+    """A model key as the bare network names it (`net.classifier.weight` → `classifier.weight`)."""
+    prefix = next((prefix for prefix in _MODEL_WRAPPER_PREFIXES if key.startswith(prefix)), "")
+    return key[len(prefix):]
 
 
 def _wrapper_prefix(state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]) -> str | None:
