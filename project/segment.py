@@ -33,7 +33,7 @@ from tqdm import tqdm
 from project.config import save_args
 from project.data.imageio import ImageReadError, read_image
 from project.data.layout import Box, Sample, list_images, load_split
-from project.data.transforms import Preprocess, read_mask
+from project.data.transforms import Preprocess, read_mask, to_tensor
 from project.engine import EngineConfig, Trainer
 from project.localise import box_iou, peak_region, write_box_file
 from project.models.checkpoint import CheckpointConfig, CheckpointError, load_checkpoint
@@ -51,13 +51,6 @@ def resized_pair(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
     mask = read_mask(sample.mask, image.shape[:2])
     return (cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA),
             cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST).astype(np.float32))
-
-
-def _normalised(images: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
-    """N x H x W x 3 uint8 -> N x 3 x H x W float, normalised as the trunk's weights expect."""
-    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
-    return (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
 
 
 class MaskDataset(Dataset):
@@ -85,7 +78,7 @@ class MaskDataset(Dataset):
         if self.augment is not None:
             moved = self.augment(image=image, mask=mask)
             image, mask = moved["image"], moved["mask"]
-        return _normalised(image[None], self.preprocess)[0], torch.from_numpy(mask)[None]
+        return to_tensor(image, self.preprocess.mean, self.preprocess.std), torch.from_numpy(mask)[None]
 
 
 class DiceBCELoss(nn.Module):
@@ -186,7 +179,8 @@ def load_segmenter(path: Path) -> tuple[OutlineNet, Preprocess]:
 def outline(model: OutlineNet, preprocess: Preprocess, image: np.ndarray) -> np.ndarray:
     """The lesion in `image` (bool, the image's size): the largest part of the flip-averaged map (largest_part)."""
     size = preprocess.img_size
-    x = _normalised(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)[None], preprocess)
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    x = to_tensor(resized, preprocess.mean, preprocess.std)[None]
     probs = (torch.sigmoid(model(x)) + torch.sigmoid(model(x.flip(-1))).flip(-1))[0, 0].numpy() / 2
     return largest_part(cv2.resize(probs, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR))
 

@@ -76,6 +76,9 @@ def test_one_pretrained_trunk_reads_both_views_and_the_head_sees_them_in_order()
     assert not torch.allclose(logits, swapped)
     with pytest.raises(ValueError, match="takes 6 channels"):
         model(x[:, :3])
+    groups = model.param_groups()  # layer-wise lr decay and staged unfreezing see every parameter once
+    assert sorted(id(p) for group in groups.values() for p in group) == sorted(id(p) for p in model.parameters())
+    assert list(groups)[0] == "head" and any(p is model.head.weight for p in groups["head"])
 
 
 @pytest.fixture(scope="module")

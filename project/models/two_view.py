@@ -21,6 +21,8 @@ import timm
 import torch
 from torch import nn
 
+from project.models.factory import param_groups
+
 VIEWS = 2
 
 
@@ -58,6 +60,12 @@ class TwoView(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.head
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trunk's groups by depth (factory.param_groups), the new head joining its top group, 'head'."""
+        groups = param_groups(self.net)
+        groups["head"] = [*groups.get("head", []), *self.head.parameters()]
+        return groups
 
 
 def build_two_view(
