@@ -249,8 +249,10 @@ def _check_lesion_boxes(args: argparse.Namespace, samples: Sequence[Sample]) -> 
     if getattr(args, "whole_view", False) and (getattr(args, "cutmix", 0.0) > 0 or _lesion_map_weight(args) > 0):
         raise SystemExit("--whole-view goes without --cutmix and --lesion-map: both follow one view, it has two")
     if not getattr(args, "lesion_crop", None):
-        if getattr(args, "lesion_crop_jitter", 0.0) or getattr(args, "whole_view", False):
-            raise SystemExit("--lesion-crop-jitter and --whole-view need --lesion-crop")
+        for flag, given in (("--lesion-crop-jitter", getattr(args, "lesion_crop_jitter", 0.0)),
+                            ("--whole-view", getattr(args, "whole_view", False))):
+            if given:
+                raise SystemExit(f"{flag} needs --lesion-crop")
         return
     missing = [str(s.path) for s in samples if s.box is None]
     if missing:

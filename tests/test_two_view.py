@@ -119,7 +119,7 @@ def test_the_report_scores_a_two_view_run_and_says_why_it_draws_no_grad_cam(
     (["--model", "two_view", "--lesion-crop", "2", "--cutmix", "0"], "takes 2 view"),
     (["--model", "convnext_atto", "--lesion-crop", "2", "--whole-view", "--cutmix", "0"], "takes 1 view"),
     (["--model", "two_view", "--lesion-crop", "2", "--whole-view"], "without --cutmix and --lesion-map"),
-    (["--model", "two_view", "--whole-view", "--cutmix", "0"], "--whole-view need --lesion-crop"),
+    (["--model", "two_view", "--whole-view", "--cutmix", "0"], "--whole-view needs --lesion-crop"),
 ])
 def test_views_and_model_must_agree(phantom_small: Path, tmp_path: Path, extra: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
