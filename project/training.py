@@ -245,7 +245,7 @@ def _lesion_map_weight(args: argparse.Namespace) -> float:
 
 
 def _check_lesion_boxes(args: argparse.Namespace, samples: Sequence[Sample]) -> None:
-    """--lesion-crop needs every image's lesion box (labels/<image>.txt)."""
+    """The lesion-crop flags agree with each other, and --lesion-crop has every image's box (labels/<image>.txt)."""
     if getattr(args, "whole_view", False) and (getattr(args, "cutmix", 0.0) > 0 or _lesion_map_weight(args) > 0):
         raise SystemExit("--whole-view goes without --cutmix and --lesion-map: both follow one view, it has two")
     if not getattr(args, "lesion_crop", None):

@@ -21,6 +21,7 @@ import timm
 import torch
 from torch import nn
 
+from project.models.convnext import init_linear_layers
 from project.models.factory import param_groups
 
 VIEWS = 2
@@ -39,9 +40,7 @@ class TwoView(nn.Module):
         self.num_features = VIEWS * network.num_features
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes)
-        # A new head on a pretrained trunk starts near zero (see factory._start_small).
-        nn.init.trunc_normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
+        init_linear_layers(self.head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 2C]: the crop's pooled trunk features, then the whole image's; one trunk pass over both."""
